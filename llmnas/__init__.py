@@ -1,0 +1,3 @@
+"""llmnas: neural architecture search for transformer language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,39 @@
+"""The ``llmnas`` command line: one sub-module per command group, listed here explicitly."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from llmnas.errors import LlmnasError
+
+# Each module defines ``register(subparsers)``; the parser it adds sets ``func`` to a function that
+# takes the parsed arguments and returns an exit status.
+COMMAND_MODULES = ("space",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmnas", description="Neural architecture search for transformer language models."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"llmnas.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LlmnasError as e:
+        print(f"llmnas: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("llmnas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
