@@ -20,7 +20,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from llmnas.errors import ArchitectureError
 
@@ -94,11 +94,15 @@ class MoEFFN:
         return ffn_params(d_model, self.expert_hidden, self.activation)
 
     def n_params(self, d_model: int) -> int:
-        shared = ffn_params(d_model, self.shared_expert_hidden, self.activation) if self.shared_expert_hidden else 0
+        shared = (
+            ffn_params(d_model, self.shared_expert_hidden, self.activation)
+            if self.shared_expert_hidden
+            else 0
+        )
         return d_model * self.n_experts + self.n_experts * self.expert_params(d_model) + shared
 
 
-FFNSpec = Union[DenseFFN, MoEFFN]
+FFNSpec = DenseFFN | MoEFFN
 
 
 @dataclass(frozen=True)
@@ -208,25 +212,27 @@ class Architecture:
                 p.append(f"{where}n_kv_heads={a.n_kv_heads} must divide n_heads={a.n_heads}")
             if ok and self.pos == "rope" and a.head_dim % 2:
                 p.append(f"{where}head_dim={a.head_dim} must be even with RoPE")
-            if a.window is not None and positive_int("window", a.window, where):
-                if isinstance(self.max_seq_len, int) and a.window >= self.max_seq_len:
-                    p.append(
-                        f"{where}window={a.window} must be < max_seq_len={self.max_seq_len} "
-                        "(a window that covers the whole sequence is full attention: use window=null)"
-                    )
+            window_ok = a.window is not None and positive_int("window", a.window, where)
+            if window_ok and isinstance(self.max_seq_len, int) and a.window >= self.max_seq_len:
+                p.append(
+                    f"{where}window={a.window} must be < max_seq_len={self.max_seq_len} "
+                    "(a window that covers the whole sequence is full attention: use window=null)"
+                )
             f = block.ffn
             if isinstance(f, DenseFFN):
                 positive_int("ffn.hidden", f.hidden, where)
             elif isinstance(f, MoEFFN):
                 if positive_int("ffn.n_experts", f.n_experts, where) and f.n_experts < 2:
                     p.append(f"{where}ffn.n_experts={f.n_experts} must be at least 2 (use a dense FFN)")
-                if positive_int("ffn.top_k", f.top_k, where) and isinstance(f.n_experts, int):
-                    if f.top_k > f.n_experts:
-                        p.append(f"{where}ffn.top_k={f.top_k} must be <= n_experts={f.n_experts}")
+                top_k_ok = positive_int("ffn.top_k", f.top_k, where) and isinstance(f.n_experts, int)
+                if top_k_ok and f.top_k > f.n_experts:
+                    p.append(f"{where}ffn.top_k={f.top_k} must be <= n_experts={f.n_experts}")
                 positive_int("ffn.expert_hidden", f.expert_hidden, where)
                 sh = f.shared_expert_hidden
                 if isinstance(sh, bool) or not isinstance(sh, int) or sh < 0:
-                    p.append(f"{where}ffn.shared_expert_hidden={sh!r} must be an integer >= 0 (0 = no shared expert)")
+                    p.append(
+                        f"{where}ffn.shared_expert_hidden={sh!r} must be an int >= 0 (0: no shared expert)"
+                    )
                 if not (isinstance(f.aux_loss_weight, float) and f.aux_loss_weight >= 0):
                     p.append(f"{where}ffn.aux_loss_weight={f.aux_loss_weight!r} must be a float >= 0")
             else:
@@ -454,11 +460,7 @@ class _ArchParser:
             if typ is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             types = typ if isinstance(typ, tuple) else (typ,)
-            if isinstance(value, bool) and bool not in types:
-                ok = False
-            else:
-                ok = isinstance(value, types)
-            if not ok:
+            if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
                 names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
                 self.problems.append(f"{where}{key}={value!r} must be {names}")
                 continue

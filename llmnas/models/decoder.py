@@ -1,0 +1,348 @@
+"""The heterogeneous decoder: one readable PyTorch implementation of any :class:`Architecture`.
+
+Each layer is built from its own :class:`BlockSpec` (heads, KV heads, head width, window, FFN kind),
+passed explicitly to the constructor; nothing about the architecture lives in global state. The
+weight layouts are the ones the stock Hugging Face classes use (after splitting the fused
+projections), so export is a copy, and the ones a weight-shared supernet will slice.
+
+Shapes: B batch, T time, D model width, H query heads, G KV heads, hs head width, E experts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmnas.space.arch import Architecture, AttentionSpec, BlockSpec, MoEFFN
+
+
+@dataclass
+class DecoderOutput:
+    """Output of :meth:`Decoder.forward`.
+
+    Attributes:
+        logits: ``(B, T, vocab)`` next-token logits.
+        loss: mean next-token cross-entropy (nats/token) plus the weighted MoE auxiliary losses, when
+            targets were given.
+        ce_loss: the cross-entropy part of ``loss`` alone.
+        aux_loss: sum over MoE layers of ``aux_loss_weight * load_balancing_loss`` (0 without MoE).
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    ce_loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+
+
+# ---------------------------------------------------------------------- positions and masks
+def rope_tables(
+    head_dim: int, seq_len: int, base: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape ``(T, hs)`` in the "rotate half" layout used by Llama."""
+    inv_freq = 1.0 / (
+        base ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim)
+    )
+    t = torch.arange(seq_len, device=device, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq)  # (T, hs/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, hs)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` of shape ``(B, heads, T, hs)`` by the position tables."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi head slopes (Press et al., 2022), including the interleaving for non powers of two."""
+    closest = 2 ** math.floor(math.log2(n_heads))
+    base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
+    slopes = [base ** (i + 1) for i in range(closest)]
+    if closest != n_heads:
+        extra_base = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
+        n_extra = min(closest, n_heads - closest)
+        slopes += [extra_base ** (2 * i + 1) for i in range(n_extra)]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def attention_bias(
+    seq_len: int, window: int | None, slopes: torch.Tensor | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """Additive attention bias for a causal (optionally windowed, optionally ALiBi) layer.
+
+    ``None`` means plain causal attention (SDPA's ``is_causal`` fast path). Otherwise a float tensor of
+    shape ``(T, T)`` or ``(H, T, T)`` with ``-inf`` where a query must not see a key.
+    """
+    if window is None and slopes is None:
+        return None
+    i = torch.arange(seq_len, device=device)
+    dist = i[None, :] - i[:, None]  # key - query, <= 0 where visible
+    visible = dist <= 0
+    if window is not None:
+        visible = visible & (dist > -window)
+    bias = torch.zeros(seq_len, seq_len, device=device, dtype=dtype).masked_fill(~visible, float("-inf"))
+    if slopes is not None:
+        bias = bias + slopes.to(device=device, dtype=dtype)[:, None, None] * dist.to(dtype)
+    return bias
+
+
+class AttentionContext:
+    """Per-forward tables shared by the layers: RoPE tables per head width, masks per layer kind.
+
+    Built once per forward pass, so layers with the same shape reuse one table.
+    """
+
+    def __init__(self, arch: Architecture, seq_len: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.arch, self.seq_len, self.device, self.dtype = arch, seq_len, device, dtype
+        self._rope: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._bias: dict[tuple[int | None, int], torch.Tensor | None] = {}
+
+    def rope(self, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if head_dim not in self._rope:
+            cos, sin = rope_tables(head_dim, self.seq_len, self.arch.rope_base, self.device)
+            self._rope[head_dim] = (cos.to(self.dtype), sin.to(self.dtype))
+        return self._rope[head_dim]
+
+    def bias(self, spec: AttentionSpec) -> torch.Tensor | None:
+        alibi = self.arch.pos == "alibi"
+        key = (spec.window, spec.n_heads if alibi else 0)
+        if key not in self._bias:
+            slopes = alibi_slopes(spec.n_heads) if alibi else None
+            self._bias[key] = attention_bias(self.seq_len, spec.window, slopes, self.device, self.dtype)
+        return self._bias[key]
+
+
+# ---------------------------------------------------------------------- modules
+def make_norm(arch: Architecture) -> nn.Module:
+    if arch.norm == "rmsnorm":
+        return nn.RMSNorm(arch.d_model, eps=arch.norm_eps)
+    return nn.LayerNorm(arch.d_model, eps=arch.norm_eps, bias=False)
+
+
+class Attention(nn.Module):
+    """Causal self-attention with GQA/MQA, optional sliding window, RoPE or ALiBi."""
+
+    def __init__(self, d_model: int, spec: AttentionSpec, pos: str, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.spec, self.pos, self.dropout = spec, pos, dropout
+        self.qkv = nn.Linear(d_model, spec.q_dim + 2 * spec.kv_dim, bias=False)  # [q; k; v] rows
+        self.out = nn.Linear(spec.q_dim, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        B, T, _ = x.shape
+        s = self.spec
+        q, k, v = self.qkv(x).split((s.q_dim, s.kv_dim, s.kv_dim), dim=-1)
+        q = q.view(B, T, s.n_heads, s.head_dim).transpose(1, 2)  # (B, H, T, hs)
+        k = k.view(B, T, s.n_kv_heads, s.head_dim).transpose(1, 2)  # (B, G, T, hs)
+        v = v.view(B, T, s.n_kv_heads, s.head_dim).transpose(1, 2)  # (B, G, T, hs)
+        if self.pos == "rope":
+            cos, sin = ctx.rope(s.head_dim)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        bias = ctx.bias(s)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=bias,
+            is_causal=bias is None,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=s.n_kv_heads != s.n_heads,
+        )  # (B, H, T, hs)
+        return self.out(y.transpose(1, 2).reshape(B, T, s.q_dim))
+
+
+def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
+    """Apply an FFN activation; for SwiGLU ``h`` holds ``[gate; up]`` on its last axis."""
+    if activation == "swiglu":
+        gate, up = h.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    if activation == "gelu":
+        return F.gelu(h)
+    return F.relu(h).square()  # relu2
+
+
+def up_width(hidden: int, activation: str) -> int:
+    return 2 * hidden if activation == "swiglu" else hidden
+
+
+class FeedForward(nn.Module):
+    """Dense FFN; SwiGLU's gate and up projections are fused as ``[gate; up]`` rows of ``up``."""
+
+    def __init__(self, d_model: int, hidden: int, activation: str) -> None:
+        super().__init__()
+        self.activation = activation
+        self.up = nn.Linear(d_model, up_width(hidden, activation), bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(activate(self.up(x), self.activation))
+
+
+class MixtureOfExperts(nn.Module):
+    """Top-k token-choice MoE (Mixtral routing: softmax, top-k, renormalise) with an optional shared expert.
+
+    Tokens are grouped by expert with one sort, so the only Python loop is over experts. Expert
+    weights are 3-D tensors, ``up: (E, up_width, D)`` and ``down: (E, D, hidden)``, as in
+    transformers' Mixtral.
+    """
+
+    def __init__(self, d_model: int, spec: MoEFFN) -> None:
+        super().__init__()
+        self.spec = spec
+        self.router = nn.Linear(d_model, spec.n_experts, bias=False)
+        self.up = nn.Parameter(
+            torch.empty(spec.n_experts, up_width(spec.expert_hidden, spec.activation), d_model)
+        )
+        self.down = nn.Parameter(torch.empty(spec.n_experts, d_model, spec.expert_hidden))
+        self.shared = (
+            FeedForward(d_model, spec.shared_expert_hidden, spec.activation)
+            if spec.shared_expert_hidden
+            else None
+        )
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router probabilities ``(N, E)``, top-k weights ``(N, k)`` and expert indices ``(N, k)``."""
+        probs = self.router(x).float().softmax(dim=-1)
+        weights, experts = probs.topk(self.spec.top_k, dim=-1)
+        return probs, weights / weights.sum(dim=-1, keepdim=True), experts
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, D = x.shape
+        flat = x.reshape(-1, D)  # (N, D)
+        probs, weights, experts = self.route(flat)
+        k, E = self.spec.top_k, self.spec.n_experts
+        expert_of = experts.reshape(-1)  # (N*k,)
+        order = expert_of.argsort(stable=True)
+        counts = torch.bincount(expert_of, minlength=E)
+        token_of = order // k
+        xs = flat[token_of]  # (N*k, D), grouped by expert
+        outs = []
+        for e, chunk in enumerate(xs.split(counts.tolist())):
+            if chunk.shape[0]:
+                h = activate(chunk @ self.up[e].t(), self.spec.activation)
+                outs.append(h @ self.down[e].t())
+        ys = torch.cat(outs) * weights.reshape(-1)[order, None].to(x.dtype)
+        out = torch.zeros_like(flat).index_add_(0, token_of, ys)
+        if self.shared is not None:
+            out = out + self.shared(flat)
+        # Load-balancing loss as in Switch Transformer / transformers' Mixtral: E * sum_e f_e * P_e,
+        # with f_e the share of tokens whose top-k includes e; it equals k when routing is uniform.
+        frac_tokens = counts.to(probs.dtype) / flat.shape[0]
+        aux = E * (frac_tokens * probs.mean(dim=0)).sum()
+        return out.view(B, T, D), aux
+
+
+class Block(nn.Module):
+    """Pre-norm decoder layer: ``x + attn(norm(x))`` then ``x + ffn(norm(x))``."""
+
+    def __init__(self, arch: Architecture, spec: BlockSpec, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.spec = spec
+        self.attn_norm = make_norm(arch)
+        self.attn = Attention(arch.d_model, spec.attn, arch.pos, dropout)
+        self.ffn_norm = make_norm(arch)
+        f = spec.ffn
+        self.ffn: nn.Module = (
+            MixtureOfExperts(arch.d_model, f)
+            if isinstance(f, MoEFFN)
+            else FeedForward(arch.d_model, f.hidden, f.activation)
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = x + self.drop(self.attn(self.attn_norm(x), ctx))
+        h = self.ffn_norm(x)
+        if isinstance(self.ffn, MixtureOfExperts):
+            out, aux = self.ffn(h)
+            return x + self.drop(out), aux * self.ffn.spec.aux_loss_weight
+        return x + self.drop(self.ffn(h)), None
+
+
+class Decoder(nn.Module):
+    """A decoder-only language model built from an :class:`Architecture`.
+
+    Example:
+        >>> from llmnas.space import load_space
+        >>> arch = load_space("tiny").sample(0)
+        >>> model = Decoder(arch)
+        >>> out = model(torch.zeros(1, 8, dtype=torch.long), targets=torch.zeros(1, 8, dtype=torch.long))
+        >>> out.logits.shape[-1] == arch.vocab_size
+        True
+    """
+
+    def __init__(self, arch: Architecture, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.arch = arch
+        self.embed = nn.Embedding(arch.vocab_size, arch.d_model)
+        self.pos_embed = nn.Embedding(arch.max_seq_len, arch.d_model) if arch.pos == "learned" else None
+        self.drop = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(Block(arch, spec, dropout) for spec in arch.blocks)
+        self.norm = make_norm(arch)
+        self.lm_head = None if arch.tie_embeddings else nn.Linear(arch.d_model, arch.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """GPT-2 initialisation: N(0, 0.02), output projections scaled by 1/sqrt(2 * layers)."""
+        out_std = std / math.sqrt(2 * self.arch.n_layers)
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p)  # norm weights
+            elif name.endswith(("out.weight", "down.weight", ".down")):
+                nn.init.normal_(p, 0.0, out_std)
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> DecoderOutput:
+        """Logits for token ids ``idx`` ``(B, T)``; with ``targets`` (``-100`` = ignored), the loss."""
+        B, T = idx.shape
+        if T > self.arch.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len={self.arch.max_seq_len}")
+        x = self.embed(idx)  # (B, T, D)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed.weight[:T]
+        x = self.drop(x)
+        ctx = AttentionContext(self.arch, T, idx.device, x.dtype)
+        aux_total = None
+        for layer in self.layers:
+            x, aux = layer(x, ctx)
+            if aux is not None:
+                aux_total = aux if aux_total is None else aux_total + aux
+        logits = F.linear(self.norm(x), self.output_weight)  # (B, T, V)
+        if targets is None:
+            return DecoderOutput(logits=logits, aux_loss=aux_total)
+        ce = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        loss = ce if aux_total is None else ce + aux_total
+        return DecoderOutput(logits=logits, loss=loss, ce_loss=ce, aux_loss=aux_total)
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (a tied output head counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample ``max_new_tokens`` tokens after ``idx`` ``(B, T)``; context cropped to ``max_seq_len``."""
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -self.arch.max_seq_len :]).logits[:, -1, :] / max(temperature, 1e-6)
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            idx = torch.cat((idx, nxt), dim=1)
+        return idx
