@@ -653,6 +653,8 @@ class _SpaceParser:
             need(moe or key not in lc, f"layer.{key}", "given, but ffn choices have no 'moe'")
         for key in DENSE_KEYS:
             need(dense or key not in lc, f"layer.{key}", "given, but ffn choices have no 'dense'")
+        if dense and "ffn_mult" not in lc and "ffn_hidden" not in lc:
+            lc["ffn_mult"] = (4.0,)  # the classic 4x width
         if dense:
             need(
                 ("ffn_mult" in lc) != ("ffn_hidden" in lc),
