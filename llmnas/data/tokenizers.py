@@ -135,9 +135,10 @@ def hf_tokenizer(name_or_path: str, *, local_files_only: bool = False) -> PreTra
         if looks_local:
             raise DataError(f"tokenizer directory {name_or_path!r} could not be loaded: {e}") from e
         raise DataError(
-            f"tokenizer {name_or_path!r} could not be loaded: it is not a local path and is not in the "
-            "Hugging Face cache, so the machine must be online to download it (or give the path of a "
-            f"saved tokenizer directory instead). Cause: {str(e).splitlines()[0]}"
+            f"tokenizer {name_or_path!r} could not be loaded: it is not a local path, so it is downloaded "
+            "from the Hugging Face Hub (unless already in the HF cache) and the machine must be online and "
+            f"the name must exist; otherwise give the local path of a saved tokenizer directory. "
+            f"Cause: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from e
     if not tok.is_fast:
         raise DataError(f"tokenizer {name_or_path!r} has no fast (Rust) implementation")
