@@ -222,11 +222,12 @@ class MixtureOfExperts(nn.Module):
         counts = torch.bincount(expert_of, minlength=E)
         token_of = order // k
         xs = flat[token_of]  # (N*k, D), grouped by expert
+        # unbind once: indexing the 3-D weights per expert would make backward fill E full-size zero grads.
+        ups, downs = self.up.unbind(0), self.down.unbind(0)
         outs = []
         for e, chunk in enumerate(xs.split(counts.tolist())):
             if chunk.shape[0]:
-                h = activate(chunk @ self.up[e].t(), self.spec.activation)
-                outs.append(h @ self.down[e].t())
+                outs.append(F.linear(activate(F.linear(chunk, ups[e]), self.spec.activation), downs[e]))
         ys = torch.cat(outs) * weights.reshape(-1)[order, None].to(x.dtype)
         out = torch.zeros_like(flat).index_add_(0, token_of, ys)
         if self.shared is not None:
