@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -263,8 +264,17 @@ class TextTokenizer:
         return self.hf.decode(arr.tolist(), clean_up_tokenization_spaces=False)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write the HF tokenizer files into ``directory`` (``AutoTokenizer.from_pretrained`` loads them)."""
+        """Write the HF tokenizer files into ``directory`` (``AutoTokenizer.from_pretrained`` loads them).
+
+        transformers 5 records its fast-tokenizer class as ``TokenizersBackend``, a name transformers 4
+        does not know; it is written as the alias ``PreTrainedTokenizerFast``, which both load.
+        """
         self.hf.save_pretrained(str(directory))
+        config_path = Path(directory) / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if config.get("tokenizer_class") == "TokenizersBackend":
+            config["tokenizer_class"] = "PreTrainedTokenizerFast"
+            config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def load_tokenizer(spec: str, corpus_text: str | None = None, *, local_files_only: bool = False) -> TextTokenizer:

@@ -171,6 +171,8 @@ def test_saved_tokenizers_load_in_a_fresh_process_without_llmnas(tmp_path, shake
     assert out["byte"]["len"] == 257 and out["byte"]["eos"] == 256
     assert out["char"]["len"] == 65 and out["char"]["eos"] is None
     for name, tok in (("byte", byte), ("char", char)):
+        config = json.loads((tmp_path / name / "tokenizer_config.json").read_text(encoding="utf-8"))
+        assert config["tokenizer_class"] == "PreTrainedTokenizerFast"  # a name transformers 4 and 5 both load
         assert out[name]["class"] == type(tok.hf).__name__
         assert out[name]["ids"] == tok.encode(text).tolist()  # no special tokens added by default
         assert out[name]["decoded"] == text
