@@ -180,11 +180,10 @@ class TransformerSpace(CategoricalSpace[Architecture]):
         """Validate a parsed YAML mapping; every problem names ``source`` and the key."""
         return _SpaceParser(source).parse(data)
 
-    def with_vocab_size(self, vocab_size: int) -> TransformerSpace:
-        """The same space for another tokenizer."""
-        return TransformerSpace(
+    def _replace(self, **changes: Any) -> TransformerSpace:
+        values = dict(
             name=self.name,
-            vocab_size=vocab_size,
+            vocab_size=self.vocab_size,
             max_seq_len=self.max_seq_len,
             global_choices=self.global_choices,
             layer_choices=self.layer_choices,
@@ -192,6 +191,11 @@ class TransformerSpace(CategoricalSpace[Architecture]):
             constraints=self.constraints,
             description=self.description,
         )
+        return TransformerSpace(**{**values, **changes})
+
+    def with_vocab_size(self, vocab_size: int) -> TransformerSpace:
+        """The same space for another tokenizer."""
+        return self._replace(vocab_size=vocab_size)
 
     def with_max_seq_len(self, max_seq_len: int) -> TransformerSpace:
         """The same space for another context length (checked against the window choices)."""
@@ -200,16 +204,11 @@ class TransformerSpace(CategoricalSpace[Architecture]):
             raise SpaceError(
                 f"space {self.name!r}: window choices {list(windows)} must all be < max_seq_len={max_seq_len}"
             )
-        return TransformerSpace(
-            name=self.name,
-            vocab_size=self.vocab_size,
-            max_seq_len=max_seq_len,
-            global_choices=self.global_choices,
-            layer_choices=self.layer_choices,
-            uniform=self.uniform,
-            constraints=self.constraints,
-            description=self.description,
-        )
+        return self._replace(max_seq_len=max_seq_len)
+
+    def with_constraints(self, constraints: Constraints) -> TransformerSpace:
+        """The same space with other hard limits."""
+        return self._replace(constraints=constraints)
 
     def _layer_param(self, i: int, key: str) -> str:
         return f"layer.{key}" if key in self.uniform else f"L{i:02d}.{key}"

@@ -1,0 +1,116 @@
+"""``llmnas search`` (run or resume a study) and ``llmnas train`` (retrain a chosen architecture)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search",
+        help="run (or resume) the architecture search a recipe describes",
+        description="Run an Optuna study whose trials train sampled architectures from scratch. Re-running "
+        "the same command resumes the study. Watch it with optuna-dashboard on the printed storage URL.",
+    )
+    p.add_argument("recipe", help="recipe YAML file, or the name of a shipped recipe (quickstart, ...)")
+    _overrides(p)
+    p.add_argument("--n-trials", type=int, help="trials the study should hold when done (default: the recipe's)")
+    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    p.add_argument("--workers", type=int, help="worker processes sharing the study on this machine")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///runs/<study>/study.db)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+    p.set_defaults(func=search)
+
+    t = sub.add_parser(
+        "train",
+        help="retrain an architecture from scratch with the recipe's retrain budget and save a checkpoint",
+    )
+    t.add_argument("recipe")
+    which = t.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arch", type=Path, help="architecture JSON file")
+    which.add_argument("--trial", help="'best' or a trial number of the recipe's study")
+    _overrides(t)
+    t.add_argument("--seed", type=int, help="training seed (default: the recipe's)")
+    t.add_argument("--storage", help="storage URL of the study (default: the recipe's)")
+    t.add_argument("--out", type=Path, help="checkpoint folder (default: runs/<study>/retrain/<arch id>[-seed<N>])")
+    t.set_defaults(func=retrain)
+
+
+def _overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value by its dotted path, e.g. train.max_seconds=30 (repeatable)")
+
+
+def _recipe(args: argparse.Namespace):
+    from llmnas.recipe import load_recipe
+
+    overrides = list(args.overrides)
+    if getattr(args, "storage", None):
+        overrides.append(f"search.storage={args.storage}")
+    return load_recipe(args.recipe, overrides)
+
+
+def search(args: argparse.Namespace) -> int:
+    from llmnas.search import run_search
+
+    recipe = _recipe(args)
+    for name in ("n_trials", "workers"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            from llmnas.errors import RecipeError
+
+            raise RecipeError(f"--{name.replace('_', '-')}={value}: must be positive")
+    run_search(recipe, n_trials=args.n_trials, timeout=args.timeout, workers=args.workers,
+               show_progress=not args.quiet)
+    return 0
+
+
+def retrain(args: argparse.Namespace) -> int:
+    from accelerate import Accelerator
+
+    from llmnas.data import prepare_data
+    from llmnas.errors import RecipeError
+    from llmnas.export import save_checkpoint
+    from llmnas.search import load_study, select_trial, trial_arch
+    from llmnas.space.arch import Architecture
+    from llmnas.train import train
+
+    recipe = _recipe(args)
+    cfg = recipe.retrain or recipe.train
+    if args.seed is not None:
+        cfg = cfg.replace(seed=args.seed)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+    with accelerator.main_process_first():
+        data = prepare_data(recipe.data)
+    if args.arch is not None:
+        arch = Architecture.load(args.arch)
+        origin = str(args.arch)
+    else:
+        study = load_study(recipe.storage_url, recipe.study)
+        trial = select_trial(study, args.trial)
+        arch = trial_arch(trial)
+        origin = f"trial {trial.number} of study {recipe.study!r}"
+    if arch.vocab_size < data.vocab_size or arch.max_seq_len != recipe.data.block_size:
+        raise RecipeError(
+            f"{origin}: vocab_size {arch.vocab_size} / max_seq_len {arch.max_seq_len} do not fit the recipe's data "
+            f"(tokenizer {data.vocab_size} ids, block_size {recipe.data.block_size})"
+        )
+    out = args.out or recipe.study_dir / "retrain" / (arch.id + (f"-seed{args.seed}" if args.seed is not None else ""))
+    accelerator.print(f"retraining {arch.summary()} ({origin}) with {_budget(cfg)}")
+    model, result = train(arch, data, cfg, accelerator)
+    if accelerator.is_main_process:
+        save_checkpoint(model, out, tokenizer=data.tokenizer)
+        record = {"arch_id": arch.id, "origin": origin, "seed": cfg.seed, **result.to_dict()}
+        (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
+        bpb = f", {result.bits_per_byte:.4f} bits/byte" if result.bits_per_byte else ""
+        print(f"validation loss {result.val_loss:.4f} nats/token{bpb} after {result.steps} steps, "
+              f"{result.tokens:,} tokens, {result.train_seconds:.0f}s ({result.tokens_per_second:,.0f} tok/s)")
+        print(f"checkpoint: {out}   export it: llmnas export {out}/arch.json --weights {out} --out {out}/hf")
+    return 0
+
+
+def _budget(cfg) -> str:
+    parts = [f"{k}={getattr(cfg, k)}" for k in ("max_steps", "max_tokens", "max_seconds") if getattr(cfg, k)]
+    return ", ".join(parts)

@@ -1,0 +1,316 @@
+"""Budgeted training of one architecture, Accelerate-native.
+
+One :class:`accelerate.Accelerator` drives everything (``prepare``, ``backward``, gradient
+accumulation, mixed precision), so the same loop runs under ``python``, ``accelerate launch`` (DDP)
+and DeepSpeed. The budget is tokens, optimizer steps or seconds; the learning rate follows nanoGPT's
+schedule (linear warm-up, cosine decay to ``min_lr``).
+
+Example:
+    >>> from accelerate import Accelerator
+    >>> result = train(arch, data, TrainConfig(max_steps=200), Accelerator())  # doctest: +SKIP
+    >>> result.val_loss, result.bits_per_byte  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Subset
+
+from llmnas.data import EvalBlocks, RandomBlocks, TokenData
+from llmnas.errors import LlmnasError, RecipeError
+from llmnas.models.decoder import Decoder
+from llmnas.space.arch import Architecture
+
+#: Called with (optimizer step, intermediate validation loss); returns True to stop (prune) the run.
+Reporter = Callable[[int, float], bool]
+
+
+class TrainingDiverged(LlmnasError):
+    """The loss became NaN or infinite; ``step`` and ``loss`` say where."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        self.step, self.loss = step, loss
+        super().__init__(f"training diverged: loss {loss} at step {step}")
+
+
+class TrainingPruned(Exception):
+    """The reporter asked to stop early (an Optuna pruner said so)."""
+
+    def __init__(self, step: int, val_loss: float) -> None:
+        self.step, self.val_loss = step, val_loss
+        super().__init__(f"pruned at step {step} (validation loss {val_loss:.4f})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How one architecture is trained. Exactly the budget fields that are set count; the first reached stops."""
+
+    batch_size: int = 12
+    """Sequences per micro-batch on each process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (``accelerator.accumulate``)."""
+    max_steps: int | None = None
+    """Budget in optimizer steps."""
+    max_tokens: int | None = None
+    """Budget in training tokens, over all processes (converted to whole steps)."""
+    max_seconds: float | None = None
+    """Budget in wall-clock seconds of training (evaluations excluded); the LR schedule follows elapsed time."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    min_lr: float = 1e-4
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int = 100
+    """Linear warm-up steps (nanoGPT's form: ``lr * (step + 1) / (warmup + 1)``)."""
+    lr_decay_steps: int | None = None
+    """Steps over which the cosine decays; default: the whole step budget."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on matrices and embeddings (never on norm weights)."""
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this (``None``: no clipping)."""
+    dropout: float = 0.0
+    seed: int = 1337
+    """Seeds initialisation and the order of training windows."""
+    eval_interval: int | None = None
+    """Optimizer steps between intermediate validations (reported to the pruner); ``None``: only at the end."""
+    eval_blocks: int | None = 256
+    """Validation windows used by intermediate validations (an evenly spaced fixed subset); the final
+    validation always uses the whole validation split. ``None``: whole split every time."""
+    eval_batch_size: int = 32
+    log_interval: int = 0
+    """Print the training loss every this many steps on the main process (0: silent)."""
+
+    def __post_init__(self) -> None:
+        if self.max_steps is None and self.max_tokens is None and self.max_seconds is None:
+            raise RecipeError("train: give a budget: max_steps, max_tokens or max_seconds")
+        for name in ("batch_size", "grad_accum", "eval_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RecipeError(f"train.{name}={value!r}: must be a positive integer")
+        for name in ("max_steps", "max_tokens", "warmup_steps", "lr_decay_steps", "eval_interval", "eval_blocks"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise RecipeError(f"train.{name}={value!r}: must be a non-negative integer or null")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise RecipeError(f"train: need lr > 0 and 0 <= min_lr <= lr (got lr={self.lr}, min_lr={self.min_lr})")
+        if not 0 <= self.dropout < 1:
+            raise RecipeError(f"train.dropout={self.dropout}: must be in [0, 1)")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return TrainConfig(**{**asdict(self), **changes})
+
+
+@dataclass
+class TrainResult:
+    """What one training run measured."""
+
+    val_loss: float
+    """Mean cross-entropy on the whole validation split, nats per token."""
+    bits_per_byte: float | None
+    bits_per_char: float | None
+    train_loss: float
+    """Mean training loss over the last logged steps."""
+    steps: int
+    tokens: int
+    """Training tokens seen, over all processes."""
+    train_seconds: float
+    eval_seconds: float
+    tokens_per_second: float
+    history: list[tuple[int, float]] = field(default_factory=list)
+    """Intermediate validation losses as (step, loss)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def lr_at(cfg: TrainConfig, step: int, total_steps: int | None, progress: float | None = None) -> float:
+    """nanoGPT's schedule; with a time budget, ``progress`` (elapsed / budget) places the cosine."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
+    if progress is None:
+        decay = cfg.lr_decay_steps or total_steps or 1
+        if step > decay:
+            return cfg.min_lr
+        ratio = (step - cfg.warmup_steps) / max(1, decay - cfg.warmup_steps)
+    else:
+        ratio = min(1.0, progress)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on tensors of rank >= 2 only (nanoGPT's grouping)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=False)
+
+
+def total_steps(cfg: TrainConfig, block_size: int, world_size: int) -> int | None:
+    """Optimizer steps the step/token budget allows (``None`` when only a time budget is set)."""
+    steps = []
+    if cfg.max_steps is not None:
+        steps.append(cfg.max_steps)
+    if cfg.max_tokens is not None:
+        per_step = cfg.batch_size * cfg.grad_accum * block_size * world_size
+        steps.append(max(1, math.ceil(cfg.max_tokens / per_step)))
+    return min(steps) if steps else None
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator) -> tuple[float, int]:
+    """Summed cross-entropy (nats) and number of predicted tokens over ``loader``, all processes together."""
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    count = torch.zeros((), dtype=torch.int64, device=accelerator.device)
+    for x, y in loader:
+        logits = model(x).logits.float()
+        losses = torch.nn.functional.cross_entropy(
+            logits.view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-100, reduction="none"
+        ).view(y.shape)
+        # gather_for_metrics drops the samples accelerate repeats to even out the last batch.
+        sums = torch.stack([losses.sum(1).double(), (y != -100).sum(1).double()], 1)  # (batch, 2)
+        per_sample = accelerator.gather_for_metrics(sums)
+        total += per_sample[:, 0].sum()
+        count += per_sample[:, 1].sum().long()
+    model.train()
+    return float(total), int(count)
+
+
+def train(
+    arch: Architecture,
+    data: TokenData,
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+    *,
+    report: Reporter | None = None,
+    model: Decoder | None = None,
+) -> tuple[Decoder, TrainResult]:
+    """Train ``arch`` from scratch on ``data`` within ``cfg``'s budget; return the model and the metrics.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite (the run is lost, the caller goes on).
+        TrainingPruned: ``report`` asked to stop.
+    """
+    if accelerator.gradient_accumulation_steps != cfg.grad_accum:
+        raise ValueError(
+            f"the Accelerator accumulates {accelerator.gradient_accumulation_steps} micro-batches but train.grad_accum "
+            f"is {cfg.grad_accum}: build it with Accelerator(gradient_accumulation_steps={cfg.grad_accum})"
+        )
+    block = arch.max_seq_len
+    set_seed(cfg.seed)
+    model = model if model is not None else Decoder(arch, dropout=cfg.dropout)
+    optimizer = make_optimizer(model, cfg)
+    world = accelerator.num_processes
+    steps_budget = total_steps(cfg, block, world)
+    micro_batches = (steps_budget or 10**9) * cfg.grad_accum * world
+    train_ds = RandomBlocks(data.train, block, num_samples=micro_batches * cfg.batch_size, seed=cfg.seed)
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=False)
+    val_ds = EvalBlocks(data.val, block)
+    full_val = DataLoader(val_ds, batch_size=cfg.eval_batch_size)
+    if cfg.eval_blocks is not None and cfg.eval_blocks < len(val_ds):
+        picks = np.linspace(0, len(val_ds) - 1, cfg.eval_blocks).round().astype(int).tolist()
+        quick_val = DataLoader(Subset(val_ds, picks), batch_size=cfg.eval_batch_size)
+    else:
+        quick_val = full_val
+    model, optimizer, train_loader, full_val, quick_val = accelerator.prepare(
+        model, optimizer, train_loader, full_val, quick_val
+    )
+    model.train()
+    history: list[tuple[int, float]] = []
+    step, tokens, recent = 0, 0, []
+    train_seconds = eval_seconds = 0.0
+    tokens_per_micro = cfg.batch_size * block * world
+    started = time.perf_counter()
+    batches = iter(train_loader)
+    try:
+        while True:
+            progress = train_seconds / cfg.max_seconds if cfg.max_seconds else None
+            if _should_stop(step, steps_budget, progress, accelerator):
+                break
+            lr = lr_at(cfg, step, steps_budget, progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for _ in range(cfg.grad_accum):
+                x, y = next(batches)
+                with accelerator.accumulate(model):
+                    loss = model(x, targets=y).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.grad_clip:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                tokens += tokens_per_micro
+            step += 1
+            value = loss.detach()
+            if world > 1:  # every process must agree that the run diverged
+                value = accelerator.reduce(value, "mean")
+            value = value.item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(step, value)
+            recent = (recent + [value])[-20:]
+            if cfg.log_interval and step % cfg.log_interval == 0:
+                accelerator.print(f"step {step}: loss {value:.4f}, lr {lr:.2e}")
+            now = time.perf_counter()
+            train_seconds = now - started - eval_seconds
+            if cfg.eval_interval and step % cfg.eval_interval == 0 and step != steps_budget:
+                loss_sum, n = evaluate(model, quick_val, accelerator)
+                val = loss_sum / n
+                eval_seconds += time.perf_counter() - now
+                if not math.isfinite(val):
+                    raise TrainingDiverged(step, val)
+                history.append((step, val))
+                if report is not None and _agree(report(step, val), accelerator):
+                    raise TrainingPruned(step, val)
+        t0 = time.perf_counter()
+        loss_sum, n = evaluate(model, full_val, accelerator)
+        eval_seconds += time.perf_counter() - t0
+        val_loss = loss_sum / n
+        if not math.isfinite(val_loss):
+            raise TrainingDiverged(step, val_loss)
+        history.append((step, val_loss))
+        bits = loss_sum / math.log(2)
+        result = TrainResult(
+            val_loss=val_loss,
+            bits_per_byte=bits / data.meta.val_bytes if data.meta.val_bytes else None,
+            bits_per_char=bits / data.meta.val_chars if data.meta.val_chars else None,
+            train_loss=float(np.mean(recent)) if recent else float("nan"),
+            steps=step,
+            tokens=tokens,
+            train_seconds=train_seconds,
+            eval_seconds=eval_seconds,
+            tokens_per_second=tokens / max(train_seconds, 1e-9),
+            history=history,
+        )
+        return accelerator.unwrap_model(model), result
+    finally:
+        accelerator.free_memory()
+
+
+def _should_stop(step: int, budget: int | None, progress: float | None, accelerator: Accelerator) -> bool:
+    if budget is not None and step >= budget:
+        return True
+    if progress is None:
+        return False
+    return _agree(progress >= 1.0, accelerator)
+
+
+def _agree(flag: bool, accelerator: Accelerator) -> bool:
+    """True on every process when the main process says so (time and pruning decisions must agree)."""
+    if accelerator.num_processes == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    from accelerate.utils import broadcast
+
+    return bool(broadcast(t, from_process=0).item())
