@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Write ARCH with fresh or trained weights as a model directory that AutoModelForCausalLM "
             "loads: through a stock transformers class (Llama, Mistral, Ministral, Mixtral, "
-            "GraniteMoeShared, GPT-2, GPT-NeoX) when the architecture fits one exactly, else through "
+            "GraniteMoeShared, GPT-2, StarCoder2) when the architecture fits one exactly, else through "
             "self-contained remote code (trust_remote_code=True). The directory is reloaded and its "
             "logits compared with the llmnas model before success is reported."
         ),

@@ -199,10 +199,8 @@ def _prepare_tokenizer(arch: Architecture, tokenizer: Any | None) -> Any:
 
 
 def special_tokens(tokenizer: Any) -> SpecialTokens:
-    """bos/eos/pad ids of ``tokenizer``; pad falls back to eos so batched generation works."""
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    return SpecialTokens(bos=tokenizer.bos_token_id, eos=eos, pad=pad)
+    """The bos/eos/pad ids of ``tokenizer`` (``None`` where it has none)."""
+    return SpecialTokens(bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
 
 
 def _write(
@@ -233,9 +231,10 @@ def _write(
     if arch.tie_embeddings and head.weight is not embed.weight:
         raise ExportError(f"internal error: {target.class_name} did not tie its output head")
     model = model.to(dtype).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokens.bos, eos_token_id=tokens.eos, pad_token_id=tokens.pad
-    )
+    # generation pads finished or shorter rows with eos when the tokenizer has no pad token; the model
+    # config keeps the tokenizer's own pad id, since stock classes freeze the embedding row of pad_token_id
+    pad = tokens.pad if tokens.pad is not None else tokens.eos
+    model.generation_config = GenerationConfig(bos_token_id=tokens.bos, eos_token_id=tokens.eos, pad_token_id=pad)
     model.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     if target.remote_code:

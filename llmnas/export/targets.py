@@ -16,11 +16,13 @@ tried in order and the first that fits wins; the self-contained llmnas remote co
   attention, ``n_heads * head_dim == d_model``; its multipliers are set to the plain transformer's.
 - ``GPT2LMHeadModel``: homogeneous, learned positions, LayerNorm, dense GELU or ReLU², MHA, full
   attention, ``n_heads * head_dim == d_model``.
-- ``GPTNeoXForCausalLM``: as GPT-2 but with RoPE (sequential residual, full rotary).
-- ``LlmnasForCausalLM`` (remote code): everything else, e.g. heterogeneous layers, ALiBi, GQA with
-  LayerNorm, mixed windows with MoE, non-gated experts.
+- ``Starcoder2ForCausalLM``: homogeneous, RoPE, LayerNorm, dense GELU or ReLU², any KV heads, one
+  window or none, ``n_heads * head_dim == d_model`` (it also covers what GPT-NeoX would).
+- ``LlmnasForCausalLM`` (remote code): everything else, e.g. heterogeneous layers, ALiBi, RMSNorm with
+  a non-gated FFN, mixed windows with MoE, non-gated experts.
 
-Biases that a stock class has and llmnas has not (GPT-2, GPT-NeoX) are exported as zeros.
+Biases that a stock class has and llmnas has not (GPT-2, and the LayerNorms of StarCoder2) are
+exported as zeros.
 """
 
 from __future__ import annotations
@@ -219,25 +221,31 @@ def granite_misfit(arch: Architecture) -> str | None:
     )
 
 
-def _gpt_rules(arch: Architecture, pos: str) -> list[tuple[bool, str]]:
+def _layernorm_rules(arch: Architecture, pos: str) -> list[tuple[bool, str]]:
     b = arch.blocks[0]
     return [
         (arch.pos == pos, f"positions are {arch.pos}, not {pos}"),
         (arch.norm == "layernorm", f"norm is {arch.norm}, not LayerNorm"),
         (arch.is_homogeneous, "layers differ"),
         (isinstance(b.ffn, DenseFFN) and b.ffn.activation in ("gelu", "relu2"), "the FFN is not GELU/ReLU²"),
-        (b.attn.n_kv_heads == b.attn.n_heads, "attention is GQA/MQA, not MHA"),
         (b.attn.q_dim == arch.d_model, f"n_heads * head_dim = {b.attn.q_dim} differs from d_model"),
-        (b.attn.window is None, "it uses a sliding window"),
     ]
 
 
 def gpt2_misfit(arch: Architecture) -> str | None:
-    return _first_misfit(arch, _gpt_rules(arch, "learned"))
+    b = arch.blocks[0]
+    return _first_misfit(
+        arch,
+        [
+            *_layernorm_rules(arch, "learned"),
+            (b.attn.n_kv_heads == b.attn.n_heads, "attention is GQA/MQA, not MHA"),
+            (b.attn.window is None, "it uses a sliding window"),
+        ],
+    )
 
 
-def neox_misfit(arch: Architecture) -> str | None:
-    return _first_misfit(arch, _gpt_rules(arch, "rope"))
+def starcoder2_misfit(arch: Architecture) -> str | None:
+    return _first_misfit(arch, _layernorm_rules(arch, "rope"))
 
 
 # ---------------------------------------------------------------------- configs
@@ -352,23 +360,25 @@ def gpt2_config(arch: Architecture, tokens: SpecialTokens) -> Any:
     )
 
 
-def neox_config(arch: Architecture, tokens: SpecialTokens) -> Any:
-    from transformers import GPTNeoXConfig
+def starcoder2_config(arch: Architecture, tokens: SpecialTokens) -> Any:
+    from transformers import Starcoder2Config
 
     b = arch.blocks[0]
-    return GPTNeoXConfig(
+    return Starcoder2Config(
         **_common(arch, tokens),
         hidden_size=arch.d_model,
-        num_attention_heads=b.attn.n_heads,
         intermediate_size=b.ffn.hidden,
+        num_attention_heads=b.attn.n_heads,
+        num_key_value_heads=b.attn.n_kv_heads,
         hidden_act=b.ffn.activation,
-        attention_dropout=0.0,
-        hidden_dropout=0.0,
         max_position_embeddings=arch.max_seq_len,
-        layer_norm_eps=arch.norm_eps,
-        use_parallel_residual=False,
-        attention_bias=False,
-        rope_parameters={"rope_type": "default", "rope_theta": arch.rope_base, "partial_rotary_factor": 1.0},
+        norm_epsilon=arch.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": arch.rope_base},
+        sliding_window=b.attn.window,
+        use_bias=False,
+        attention_dropout=0.0,
+        residual_dropout=0.0,
+        embedding_dropout=0.0,
     )
 
 
@@ -463,33 +473,14 @@ def gpt2_weights(arch: Architecture, sd: StateDict) -> StateDict:
     return _like(out, sd["embed.weight"])
 
 
-def neox_weights(arch: Architecture, sd: StateDict) -> StateDict:
-    """GPT-NeoX fuses q, k, v per head: rows ``[q_0; k_0; v_0; q_1; ...]``; MLP and norms have biases."""
-    d = arch.d_model
-    zeros = torch.zeros
-    out: StateDict = {
-        "gpt_neox.embed_in.weight": sd["embed.weight"],
-        "gpt_neox.final_layer_norm.weight": sd["norm.weight"],
-        "gpt_neox.final_layer_norm.bias": zeros(d),
-    }
-    if not arch.tie_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"]
-    for i, b in enumerate(arch.blocks):
-        src, dst = f"layers.{i}.", f"gpt_neox.layers.{i}."
-        a, h = b.attn, b.ffn.hidden
-        qkv = sd[src + "attn.qkv.weight"].view(3, a.n_heads, a.head_dim, d).transpose(0, 1).reshape(3 * d, d)
-        out |= {
-            dst + "input_layernorm.weight": sd[src + "attn_norm.weight"],
-            dst + "input_layernorm.bias": zeros(d),
-            dst + "attention.query_key_value.weight": qkv,
-            dst + "attention.dense.weight": sd[src + "attn.out.weight"],
-            dst + "post_attention_layernorm.weight": sd[src + "ffn_norm.weight"],
-            dst + "post_attention_layernorm.bias": zeros(d),
-            dst + "mlp.dense_h_to_4h.weight": sd[src + "ffn.up.weight"],
-            dst + "mlp.dense_h_to_4h.bias": zeros(h),
-            dst + "mlp.dense_4h_to_h.weight": sd[src + "ffn.down.weight"],
-            dst + "mlp.dense_4h_to_h.bias": zeros(d),
-        }
+def starcoder2_weights(arch: Architecture, sd: StateDict) -> StateDict:
+    """Llama names with ``mlp.c_fc`` / ``mlp.c_proj``, plus zero biases for the LayerNorms."""
+    out = _rename(split_layout(arch, sd), ((".mlp.up_proj.", ".mlp.c_fc."), (".mlp.down_proj.", ".mlp.c_proj.")))
+    zeros = torch.zeros(arch.d_model)
+    out["model.norm.bias"] = zeros
+    for i in range(arch.n_layers):
+        out[f"model.layers.{i}.input_layernorm.bias"] = zeros
+        out[f"model.layers.{i}.post_attention_layernorm.bias"] = zeros
     return _like(out, sd["embed.weight"])
 
 
@@ -504,7 +495,7 @@ STOCK_TARGETS: tuple[Target, ...] = (
     Target("MixtralForCausalLM", False, mixtral_misfit, mixtral_config, mixtral_weights),
     Target("GraniteMoeSharedForCausalLM", False, granite_misfit, granite_config, granite_weights),
     Target("GPT2LMHeadModel", False, gpt2_misfit, gpt2_config, gpt2_weights),
-    Target("GPTNeoXForCausalLM", False, neox_misfit, neox_config, neox_weights),
+    Target("Starcoder2ForCausalLM", False, starcoder2_misfit, starcoder2_config, starcoder2_weights),
 )
 CUSTOM_TARGET = Target("LlmnasForCausalLM", True, lambda arch: None, custom_config, split_layout)
 

@@ -67,7 +67,10 @@ CASES = {
         arch(*[block(g=4, ffn=RELU2)] * 2, norm="layernorm", pos="learned", tie_embeddings=False),
         "GPT2LMHeadModel",
     ),
-    "neox": Case(arch(*[block(g=4, ffn=GELU)] * 2, norm="layernorm"), "GPTNeoXForCausalLM"),
+    "starcoder2": Case(arch(*[block(g=4, ffn=GELU)] * 2, norm="layernorm"), "Starcoder2ForCausalLM"),
+    "starcoder2_gqa_window_untied": Case(
+        arch(*[block(window=8, ffn=RELU2)] * 2, norm="layernorm", tie_embeddings=False), "Starcoder2ForCausalLM"
+    ),
     # the remote code
     "custom_heterogeneous": Case(
         arch(
@@ -92,8 +95,8 @@ CASES = {
     "custom_moe_mixed_windows": Case(
         arch(block(window=8, ffn=MoEFFN(4, 2, 16)), block(ffn=MoEFFN(4, 2, 16))), "LlmnasForCausalLM"
     ),
-    "custom_layernorm_rope_gqa_untied": Case(
-        arch(*[block(ffn=GELU)] * 2, norm="layernorm", tie_embeddings=False), "LlmnasForCausalLM"
+    "custom_layernorm_rope_untied": Case(  # LayerNorm + RoPE with SwiGLU: no stock class
+        arch(block(), block(window=8), norm="layernorm", tie_embeddings=False), "LlmnasForCausalLM"
     ),
     "custom_learned_gqa_relu2": Case(
         arch(block(ffn=RELU2), block(g=1, ffn=RELU2), norm="layernorm", pos="learned"), "LlmnasForCausalLM"

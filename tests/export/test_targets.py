@@ -37,7 +37,9 @@ EXPECTED = [
     (arch(block(g=4, ffn=GELU), block(g=4, ffn=GELU), **GPT), "GPT2LMHeadModel"),
     (arch(*[block(g=4, ffn=DenseFFN(64, "relu2"))] * 2, **GPT, tie_embeddings=False), "GPT2LMHeadModel"),
     (arch(block(g=2, ffn=GELU), block(g=2, ffn=GELU), **GPT), "LlmnasForCausalLM"),  # GQA
-    (arch(block(g=4, ffn=GELU), block(g=4, ffn=GELU), norm="layernorm"), "GPTNeoXForCausalLM"),
+    (arch(block(g=4, ffn=GELU), block(g=4, ffn=GELU), norm="layernorm"), "Starcoder2ForCausalLM"),
+    (arch(*[block(g=1, window=8, ffn=DenseFFN(64, "relu2"))] * 2, norm="layernorm"), "Starcoder2ForCausalLM"),
+    (arch(block(h=2, g=1, hd=8, ffn=GELU), block(h=2, g=1, hd=8, ffn=GELU), norm="layernorm"), "LlmnasForCausalLM"),
     (arch(block(g=4, ffn=GELU), block(g=4, ffn=GELU), norm="layernorm", pos="alibi"), "LlmnasForCausalLM"),
     (arch(block(), block(), pos="alibi"), "LlmnasForCausalLM"),
     (arch(block(), block(), norm="layernorm"), "LlmnasForCausalLM"),
