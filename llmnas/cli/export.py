@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 # llmnas.export (torch, transformers) is imported when the command runs, not when the CLI starts
 TOKENIZER_HELP = "byte, char:CORPUS_FILE, or a Hugging Face tokenizer name or directory"
@@ -22,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
-        "arch", type=Path, help="architecture JSON file (llmnas space sample --out, or a checkpoint's arch.json)"
+        "arch",
+        help="architecture JSON file (llmnas space sample --out, or a checkpoint's arch.json); with --trial, a "
+        "run folder runs/<study>, a study.db file or an Optuna storage URL",
     )
     p.add_argument("--out", type=Path, required=True, help="model directory to create")
     p.add_argument(
@@ -31,6 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a checkpoint directory (arch.json + model.safetensors) or a .safetensors Decoder state dict; "
         "default: freshly initialised weights",
     )
+    p.add_argument(
+        "--trial",
+        help="'best' or a trial number of the study in ARCH: exports that trial's architecture with the weights "
+        "of its checkpoint (<run folder>/trials/<number>, written when search.save_checkpoints is on)",
+    )
+    p.add_argument("--study", help="with --trial: the study name, when the storage holds several")
     p.add_argument("--tokenizer", help=f"{TOKENIZER_HELP}; default: the checkpoint's tokenizer, else byte")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="dtype of the saved weights (default float32)")
@@ -46,10 +55,14 @@ def run(args: argparse.Namespace) -> int:
     from llmnas.export.tokenizer import resolve_tokenizer
     from llmnas.space.arch import Architecture
 
-    arch = Architecture.load(args.arch)
     state_dict, tokenizer = None, None
-    if args.weights is not None:
-        state_dict, tokenizer = load_weights(args.weights, arch)
+    if args.trial is not None:
+        arch, checkpoint = _trial(args)
+        weights = args.weights if args.weights is not None else checkpoint
+    else:
+        arch, weights = Architecture.load(args.arch), args.weights
+    if weights is not None:
+        state_dict, tokenizer = load_weights(weights, arch)
     if args.tokenizer is not None:
         tokenizer = resolve_tokenizer(args.tokenizer)
     report = export_model(
@@ -64,3 +77,22 @@ def run(args: argparse.Namespace) -> int:
     )
     print(report)
     return 0
+
+
+def _trial(args: argparse.Namespace) -> tuple[Any, Path]:
+    """The architecture of ``--trial`` and its checkpoint folder (which must exist unless ``--weights``)."""
+    from llmnas.errors import ExportError
+    from llmnas.search.study import load_study, select_trial, trial_arch
+
+    study = load_study(args.arch, args.study)
+    trial = select_trial(study, args.trial)
+    arch = trial_arch(trial)
+    checkpoint = Path(args.arch) / "trials" / str(trial.number)
+    if args.weights is None and not (checkpoint / "model.safetensors").is_file():
+        raise ExportError(
+            f"trial {trial.number} of study {study.study_name!r} has no checkpoint {checkpoint} (the search ran "
+            "without search.save_checkpoints): retrain it with `llmnas train RECIPE --trial "
+            f"{trial.number}` and export that checkpoint, or pass --weights"
+        )
+    print(f"trial {trial.number} of study {study.study_name!r}: {arch.summary()}")
+    return arch, checkpoint

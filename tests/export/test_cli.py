@@ -104,3 +104,26 @@ def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert "Traceback" not in err and not (tmp_path / "out").exists()
     code, _, err = run(capsys, "export", good, "--out", tmp_path / "taken")
     assert code == 2 and "already exists" in err
+
+
+def test_export_a_trial_of_a_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``llmnas export RUN --trial best``: the trial's architecture with its checkpoint's weights."""
+    import optuna
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    study = optuna.create_study(study_name="run", storage=f"sqlite:///{run_dir / 'study.db'}")
+    archs = [tiny_arch(), tiny_arch(pos="alibi")]
+    for value, a in zip((2.0, 1.5), archs, strict=True):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"arch": a.to_json()}))
+    save_checkpoint(Decoder(archs[1]), run_dir / "trials" / "1")
+    code, out, err = run(capsys, "export", run_dir, "--trial", "best", "--out", tmp_path / "best")
+    assert code == 0, err
+    assert f"trial 1 of study 'run': arch {archs[1].id}" in out and "LlmnasForCausalLM" in out
+    code, _, err = run(capsys, "export", run_dir, "--trial", "0", "--out", tmp_path / "first")
+    assert code == 2 and "trial 0 of study 'run' has no checkpoint" in err
+    code, out, err = run(capsys, "export", run_dir, "--trial", "0", "--weights", run_dir / "trials" / "1",
+                         "--out", tmp_path / "first")
+    assert code == 2 and "holds architecture" in err  # trial 1's weights do not belong to trial 0
+    code, _, err = run(capsys, "export", run_dir, "--trial", "7", "--out", tmp_path / "x")
+    assert code == 2 and "has no trial 7" in err
