@@ -133,7 +133,7 @@ CHECKER = textwrap.dedent(
     def check(case):
         d, remote = case["dir"], case["remote"]
         data = torch.load(case["expected"])
-        ids, want = data["ids"], data["logits"]
+        ids, want, want_loss = data["ids"], data["logits"], data["loss"]
         load = lambda p: AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, trust_remote_code=remote)
         model = load(d).eval()
         r = {"class": type(model).__name__}
@@ -156,7 +156,12 @@ CHECKER = textwrap.dedent(
                 alone = model(input_ids=short).logits[0, -1]
                 batched = model(input_ids=padded, attention_mask=mask).logits[0, -1]
                 r["padding_diff"] = (alone - batched).abs().max().item()
-        if case["full"]:
+        if case["full"]:  # fine-tuning: the causal-LM loss and its gradients
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            r["loss_diff"] = abs(loss.item() - want_loss)
+            r["grads_finite"] = all(p.grad is not None and bool(p.grad.isfinite().all()) for p in model.parameters())
+            model.zero_grad()
             with tempfile.TemporaryDirectory() as tmp:
                 model.save_pretrained(tmp)
                 r["saved_files"] = sorted(p.name for p in Path(tmp).iterdir())
@@ -214,7 +219,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
         )
         rounded = {k: v.to(getattr(torch, case.dtype)) for k, v in sd.items()}
         ids = torch.randint(0, 257, (2, 40), generator=torch.Generator().manual_seed(7))
-        torch.save({"ids": ids, "logits": reference_logits(case.arch, rounded, ids)}, root / f"{name}.pt")
+        logits = reference_logits(case.arch, rounded, ids)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).item()
+        torch.save({"ids": ids, "logits": logits, "loss": loss}, root / f"{name}.pt")
         out[name] = {"report": report, "arch": case.arch, "case": case, "expected": root / f"{name}.pt"}
     return out
 
@@ -261,6 +268,7 @@ def test_export_path(name: str, exported: dict[str, dict[str, Any]], fresh: dict
     assert r["cache_agrees"], "greedy generation differs with and without the KV cache"
     if "padding_diff" in r:
         assert r["padding_diff"] <= 1e-4, "left padding changed a padded row's logits"
+    assert r["loss_diff"] <= 1e-5 and r["grads_finite"]  # HF's shifted-label loss is the Decoder's
     assert r["roundtrip_diff"] == 0.0
     assert "model.safetensors" in r["saved_files"]
     assert ("modeling_llmnas.py" in r["saved_files"]) == report.remote_code
