@@ -107,8 +107,9 @@ def export_model(
         An :class:`ExportReport`.
 
     Raises:
-        ExportError: bad arguments, weights that do not fit ``arch``, a tokenizer larger than the
-            vocabulary, or logits that differ by more than the tolerance.
+        ExportError: a bad argument, an existing output, a tokenizer larger than the vocabulary, or
+            logits that differ by more than :data:`TOLERANCE` (nothing is written then).
+        CheckpointError: ``state_dict`` does not fit ``arch`` (names every differing key and shape).
     """
     from llmnas.export.checkpoint import check_state_dict
 
@@ -131,8 +132,10 @@ def export_model(
         with _no_progress_bars():
             _write(arch, target, state_dict, tokenizer, save_dtype, tmp)
             diff, shape = check_parity(arch, state_dict, tmp, target)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        if out.is_dir():
+            shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
         tmp.rename(out)
     finally:
         if tmp.exists():

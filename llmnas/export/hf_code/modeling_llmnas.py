@@ -153,7 +153,7 @@ class AttentionInputs:
         if slopes is None:
             bias = torch.zeros(visible.shape, device=device, dtype=self.dtype)
         else:
-            bias = slopes.to(device=device, dtype=self.dtype)[None, :, None, None] * dist.to(self.dtype)
+            bias = (slopes.to(device)[None, :, None, None] * dist).to(self.dtype)  # product in fp32
         # finite, not -inf: a query that sees no key at all (left padding) must not turn into NaN
         return bias.masked_fill(~visible, torch.finfo(self.dtype).min)
 
