@@ -14,6 +14,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -186,6 +187,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> list[float] | float:
         arch = self.space.suggest(trial)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         for key, value in arch_attrs(arch).items():
             trial.set_user_attr(key, value)
         constraints = self.space.constraints
