@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--trial",
         help="'best' or a trial number of the study in ARCH: exports that trial's architecture with the weights "
-        "of its checkpoint (<run folder>/trials/<number>, written when search.save_checkpoints is on)",
+        "of its checkpoint: <run folder>/retrain/<arch id> (llmnas train RECIPE --trial ...), else "
+        "<run folder>/trials/<number> (written when search.save_checkpoints is on)",
     )
     p.add_argument("--study", help="with --trial: the study name, when the storage holds several")
     p.add_argument("--tokenizer", help=f"{TOKENIZER_HELP}; default: the checkpoint's tokenizer, else byte")
@@ -57,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     state_dict, tokenizer = None, None
     if args.trial is not None:
-        arch, checkpoint = _trial(args)
-        weights = args.weights if args.weights is not None else checkpoint
+        arch, weights = _trial(args)
     else:
         arch, weights = Architecture.load(args.arch), args.weights
     if weights is not None:
@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(report)
+    remote = ", trust_remote_code=True" if report.remote_code else ""
+    print(f"load it: AutoModelForCausalLM.from_pretrained({str(report.path)!r}{remote})")
     return 0
 
 
@@ -87,12 +89,18 @@ def _trial(args: argparse.Namespace) -> tuple[Any, Path]:
     study = load_study(args.arch, args.study)
     trial = select_trial(study, args.trial)
     arch = trial_arch(trial)
-    checkpoint = Path(args.arch) / "trials" / str(trial.number)
-    if args.weights is None and not (checkpoint / "model.safetensors").is_file():
-        raise ExportError(
-            f"trial {trial.number} of study {study.study_name!r} has no checkpoint {checkpoint} (the search ran "
-            "without search.save_checkpoints): retrain it with `llmnas train RECIPE --trial "
-            f"{trial.number}` and export that checkpoint, or pass --weights"
-        )
+    run = Path(args.arch)
+    # the retrained weights (the recipe's retrain budget) before the search trial's own
+    retrained = [run / "retrain" / arch.id, *sorted(run.glob(f"retrain/{arch.id}-seed*"))]
+    candidates = [*retrained, run / "trials" / str(trial.number)]
+    found = [c for c in candidates if (c / "model.safetensors").is_file()]
     print(f"trial {trial.number} of study {study.study_name!r}: {arch.summary()}")
-    return arch, checkpoint
+    if args.weights is not None:
+        return arch, args.weights
+    if not found:
+        raise ExportError(
+            f"trial {trial.number} of study {study.study_name!r} has no checkpoint ({candidates[0]} or "
+            f"{candidates[-1]}): retrain it with `llmnas train RECIPE --trial {args.trial}`, or pass --weights"
+        )
+    print(f"weights: {found[0]}")
+    return arch, found[0]

@@ -120,6 +120,11 @@ def test_export_a_trial_of_a_study(tmp_path: Path, capsys: pytest.CaptureFixture
     code, out, err = run(capsys, "export", run_dir, "--trial", "best", "--out", tmp_path / "best")
     assert code == 0, err
     assert f"trial 1 of study 'run': arch {archs[1].id}" in out and "LlmnasForCausalLM" in out
+    assert f"weights: {run_dir / 'trials' / '1'}" in out and "trust_remote_code=True)" in out
+    # a retrained checkpoint (llmnas train RECIPE --trial best) is preferred
+    save_checkpoint(Decoder(archs[1]), run_dir / "retrain" / archs[1].id)
+    code, out, err = run(capsys, "export", run_dir, "--trial", "best", "--out", tmp_path / "best2")
+    assert code == 0 and f"weights: {run_dir / 'retrain' / archs[1].id}" in out
     code, _, err = run(capsys, "export", run_dir, "--trial", "0", "--out", tmp_path / "first")
     assert code == 2 and "trial 0 of study 'run' has no checkpoint" in err
     code, out, err = run(capsys, "export", run_dir, "--trial", "0", "--weights", run_dir / "trials" / "1",
