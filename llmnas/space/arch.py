@@ -359,6 +359,27 @@ class Architecture:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json(indent=2) + "\n")
 
+    def short(self) -> str:
+        """Compact description, runs of equal layers folded: ``d128 rope/rmsnorm: 4x[h4/kv2 w16 swiglu:344]``."""
+        parts: list[list] = []
+        for b in self.blocks:
+            a, f = b.attn, b.ffn
+            attn = f"h{a.n_heads}/kv{a.n_kv_heads}" + (f"x{a.head_dim}" if a.q_dim != self.d_model else "")
+            attn += f" w{a.window}" if a.window else ""
+            if isinstance(f, MoEFFN):
+                shared = "+s" if f.shared_expert_hidden else ""
+                ffn = f"moe{f.n_experts}k{f.top_k} {f.activation}:{f.expert_hidden}{shared}"
+            else:
+                ffn = f"{f.activation}:{f.hidden}"
+            text = f"{attn} {ffn}"
+            if parts and parts[-1][0] == text:
+                parts[-1][1] += 1
+            else:
+                parts.append([text, 1])
+        layers = " ".join(f"{n}x[{t}]" if n > 1 else f"[{t}]" for t, n in parts)
+        tied = "" if self.tie_embeddings else " untied"
+        return f"d{self.d_model} {self.pos}/{self.norm}{tied}: {layers}"
+
     def summary(self) -> str:
         """One line: id, depth, width, parameter counts."""
         c = self.param_counts()
