@@ -48,7 +48,10 @@ def reference_attention(x: torch.Tensor, attn: Attention, ctx: AttentionContext,
     k = k.view(B, T, s.n_kv_heads, s.head_dim).transpose(1, 2)
     v = v.view(B, T, s.n_kv_heads, s.head_dim).transpose(1, 2)
     if pos == "rope":
-        cos, sin = ctx.rope(s.head_dim)
+        # Llama's RoPE from its definition: angle(t, i) = t * base^(-2i / hs), rotate-half layout.
+        inv_freq = ctx.arch.rope_base ** (-torch.arange(0, s.head_dim, 2).float() / s.head_dim)
+        angles = torch.outer(torch.arange(T).float(), inv_freq).repeat(1, 2)  # (T, hs)
+        cos, sin = angles.cos(), angles.sin()
         rot = lambda t: torch.cat((-t[..., s.head_dim // 2 :], t[..., : s.head_dim // 2]), -1)  # noqa: E731
         q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
     rep = s.n_heads // s.n_kv_heads
