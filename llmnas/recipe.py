@@ -89,6 +89,10 @@ class SearchConfig:
     """Keep every trained trial's weights under ``<run_dir>/trials/<number>/``."""
     workers: int = 1
     """Worker processes sharing the study on this machine (each trains its own trials)."""
+    heartbeat_seconds: int = 30
+    """How often a running trial tells an RDB storage it is alive."""
+    grace_seconds: int = 120
+    """A running trial silent this long is failed (its worker was killed) when the study next starts a trial."""
 
     @property
     def directions(self) -> list[str]:

@@ -144,7 +144,7 @@ def open_study(recipe: Recipe, space: TransformerSpace, data: TokenData, worker:
     )
     study = optuna.create_study(
         study_name=recipe.study,
-        storage=make_storage(recipe.storage_url),
+        storage=make_storage(recipe.storage_url, search.heartbeat_seconds, search.grace_seconds),
         sampler=sampler,
         pruner=build_pruner(recipe),
         directions=search.directions,

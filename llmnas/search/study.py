@@ -42,8 +42,18 @@ class StudyError(LlmnasError):
     """A study or trial that was asked for does not exist."""
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage | str:
-    """An RDB storage with heartbeats (so a killed worker's trial is failed, not left RUNNING)."""
+def _record_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+    study._storage.set_trial_user_attr(  # noqa: SLF001 - Optuna hands the callback no public setter
+        trial._trial_id,  # noqa: SLF001
+        "fail_reason",
+        "its worker stopped sending heartbeats (killed or lost); finished trials are kept",
+    )
+
+
+def make_storage(
+    url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS
+) -> optuna.storages.BaseStorage | str:
+    """An RDB storage with heartbeats: a killed worker's trial is failed (with the reason), not left RUNNING."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if url.startswith(("sqlite:", "postgresql", "mysql")):
@@ -52,8 +62,9 @@ def make_storage(url: str) -> optuna.storages.BaseStorage | str:
         return optuna.storages.RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
+            heartbeat_interval=heartbeat,
+            grace_period=grace,
+            failed_trial_callback=_record_stale,
         )
     return url
 
