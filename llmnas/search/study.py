@@ -64,7 +64,7 @@ def make_storage(
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat,
             grace_period=grace,
-            failed_trial_callback=_record_stale,
+            heartbeat_stale_trial_callback=_record_stale,
         )
     return url
 
