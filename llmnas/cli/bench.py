@@ -1,0 +1,121 @@
+"""``llmnas bench nb201``: search strategies on NAS-Bench-201 at equal budgets.
+
+Examples::
+
+    llmnas bench nb201 --out runs/bench/nb201                       # 5 strategies x 100 seeds x 3 data sets
+    llmnas bench nb201 --dataset cifar10 --budget 50 --seeds 20 --strategies random,thompson --out /tmp/nb
+    llmnas bench nb201 --device pixel3 --strategies random,nsga2,evolution,thompson --out /tmp/nb   # 2 objectives
+    llmnas bench nb201 --device pixel3 --latency-cap 20 --out /tmp/nb                             # latency cap
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmnas.errors import DataError, RecipeError
+
+DEFAULT_DATA = Path(
+    os.environ.get("LLMNAS_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
+) / "nasbench201"
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llmnas"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks of the search strategies")
+    cmds = p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    n = cmds.add_parser(
+        "nb201",
+        help="NAS-Bench-201: every strategy as an Optuna study, equal budgets, many seeds",
+        description="Run search strategies on the NAS-Bench-201 tables: search on 12-epoch validation "
+        "accuracy, report the 200-epoch test accuracy of the best-validation cell (or, with --device, the "
+        "hypervolume of accuracy vs latency; with --latency-cap, the best accuracy under the cap). Writes a "
+        "Markdown table, a JSON of every run and a PNG of best-so-far curves into --out.",
+    )
+    n.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help=f"folder with the NAS-Bench-201 CSV tables (default: {DEFAULT_DATA})")
+    n.add_argument("--official", type=Path,
+                   help="read an official NAS-Bench-201 .pth / NATS-Bench tss file or fast-mode folder instead")
+    n.add_argument("--trusted", action="store_true",
+                   help="unpickle --official without restrictions (only for files you trust)")
+    n.add_argument("--dataset", default="all",
+                   help="cifar10, cifar100, imagenet16-120, a comma list, or all (default)")
+    n.add_argument("--budget", type=int, default=100, help="architecture evaluations per run (default 100)")
+    n.add_argument("--seeds", type=int, default=100, help="runs per strategy and data set (default 100)")
+    n.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    n.add_argument("--strategies", default="random,tpe,evolution,reinforce,thompson",
+                   help="comma list of samplers: random, tpe, nsga2, gp, evolution, reinforce, thompson")
+    n.add_argument("--option", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
+                   help="a sampler option, e.g. evolution.population_size=20 (repeatable)")
+    n.add_argument("--device", help="latency column: two objectives (accuracy, latency), or the cap's device")
+    n.add_argument("--latency-cap", type=float, metavar="MS", help="maximise accuracy with latency <= MS on --device")
+    n.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    n.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
+                   help=f"where parsed tables are cached (default: {DEFAULT_CACHE}); 'none' to disable")
+    n.add_argument("--out", type=Path, required=True, help="output folder")
+    n.add_argument("--progress", action="store_true", help="show a progress bar")
+    n.set_defaults(func=nb201)
+
+
+def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        strategy, dot, name = key.partition(".")
+        if not sep or not dot or not strategy or not name:
+            raise RecipeError(f"--option {item!r} must read STRATEGY.KEY=VALUE (e.g. evolution.population_size=20)")
+        try:
+            out.setdefault(strategy, {})[name] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise RecipeError(f"--option {item!r}: {value!r} is not a valid value") from None
+    return out
+
+
+def parse_datasets(text: str) -> tuple[str, ...]:
+    from llmnas.benchmarks.nb201 import DATASETS
+
+    if text == "all":
+        return DATASETS
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    for name in names:
+        if name not in DATASETS:
+            raise DataError(f"--dataset {name!r} is not a NAS-Bench-201 data set (allowed: {', '.join(DATASETS)}, all)")
+    return names
+
+
+def nb201(args: argparse.Namespace) -> int:
+    from llmnas.benchmarks.nb201 import load_nb201, load_official
+    from llmnas.benchmarks.nb201_bench import BenchConfig, run_benchmark, write_outputs
+
+    start = time.perf_counter()
+    if args.official is not None:
+        table = load_official(args.official, trusted=args.trusted)
+    else:
+        cache = None if str(args.cache_dir).lower() == "none" else args.cache_dir
+        table = load_nb201(args.data, cache_dir=cache)
+    config = BenchConfig(
+        datasets=parse_datasets(args.dataset),
+        strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
+        budget=args.budget,
+        seeds=args.seeds,
+        seed=args.seed,
+        device=args.device,
+        latency_cap=args.latency_cap,
+        workers=max(1, args.workers),
+        options=parse_options(args.option),
+    )
+    results = run_benchmark(table, config, progress=args.progress)
+    seconds = time.perf_counter() - start
+    extra = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+             "python": platform.python_version(), "workers": config.workers, "wall_seconds": round(seconds, 1)}
+    md, paths = write_outputs(results, table, config, args.out, extra)
+    print(md)
+    print(f"{len(results)} runs in {seconds:.1f} s on {config.workers} worker(s); wrote "
+          + ", ".join(str(p) for p in paths.values()))
+    return 0
