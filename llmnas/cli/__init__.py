@@ -10,7 +10,7 @@ from llmnas.errors import LlmnasError
 
 # Each module defines ``register(subparsers)``; the parser it adds sets ``func`` to a function that
 # takes the parsed arguments and returns an exit status.
-COMMAND_MODULES = ("space", "export", "search")
+COMMAND_MODULES = ("space", "export", "search", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
