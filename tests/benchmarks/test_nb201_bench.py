@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from llmnas.benchmarks.nb201 import load_nb201
+from llmnas.benchmarks.nb201_bench import BenchConfig, hypervolume_2d, run_one
+from llmnas.cli import main
+from tests.conftest import shared_data
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    return load_nb201(shared_data("nasbench201"), cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_cli_accuracy_run_writes_table_json_and_plot(tmp_path, capsys) -> None:
+    data = shared_data("nasbench201")
+    out = tmp_path / "out"
+    code = main(["bench", "nb201", "--data", str(data), "--cache-dir", str(tmp_path / "cache"),
+                 "--dataset", "cifar10,cifar100", "--budget", "30", "--seeds", "3", "--workers", "2",
+                 "--strategies", "random,evolution,reinforce,thompson", "--option", "evolution.population_size=10",
+                 "--option", "evolution.sample_size=4", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| thompson |" in printed and "REINFORCE (NAS-Bench-201 paper)" in printed and "93.85 ± 0.37" in printed
+    md = (out / "nb201.md").read_text()
+    assert md in printed and "| CIFAR-10 | CIFAR-100 |" in md
+    payload = json.loads((out / "nb201.json").read_text())
+    assert payload["config"]["options"] == {"evolution": {"population_size": 10, "sample_size": 4}}
+    runs = payload["runs"]
+    assert len(runs) == 2 * 4 * 3
+    assert {(r["dataset"], r["strategy"]) for r in runs} == {
+        (d, s) for d in ("cifar10", "cifar100") for s in ("random", "evolution", "reinforce", "thompson")}
+    for r in runs:
+        assert 1.0 <= r["score"] <= {"cifar10": 94.38, "cifar100": 73.52}[r["dataset"]]
+        assert r["distinct"] <= 30 and r["index"] >= 0
+    ours = [r for r in runs if r["strategy"] != "random"]
+    assert all(r["distinct"] == 30 for r in ours)  # the llmnas samplers never evaluate a cell twice
+    summary = payload["summary"]["thompson/cifar10"]
+    assert len(summary["curve_mean"]) == 30 and summary["curve_mean"][-1] == pytest.approx(summary["mean"])
+    assert np.all(np.diff(summary["curve_mean"]) > -1.0)
+    assert (out / "nb201.png").stat().st_size > 10_000
+
+
+def test_run_one_reports_the_test_accuracy_of_the_best_validation_cell(table) -> None:
+    config = BenchConfig(datasets=("cifar10",), strategies=("thompson",), budget=25, seeds=1, workers=1)
+    r = run_one(table, config, "cifar10", "thompson", seed=0)
+    val = np.round(table.val12["cifar10"], 4)
+    assert r.val == val[r.index] and r.score == table.test200["cifar10"][r.index]
+    assert r.curve[-1] == r.score and len(r.curve) == 25
+
+
+def test_hardware_aware_modes(tmp_path, table) -> None:
+    pareto = BenchConfig(datasets=("cifar10",), strategies=("random", "evolution"), budget=20, seeds=2,
+                         device="pixel3", workers=1)
+    r = run_one(table, pareto, "cifar10", "evolution", seed=0)
+    assert 0.0 < r.curve[0] <= r.curve[-1] <= 1.0 and list(r.curve) == sorted(r.curve)
+
+    cap = BenchConfig(datasets=("cifar100",), strategies=("thompson",), budget=20, seeds=1, device="pixel3",
+                      latency_cap=15.0, workers=1)
+    r = run_one(table, cap, "cifar100", "thompson", seed=0)
+    assert table.latency_of("pixel3")[r.index] <= 15.0
+
+    data = shared_data("nasbench201")
+    for extra in (["--device", "pixel3"], ["--device", "pixel3", "--latency-cap", "15"]):
+        out = tmp_path / extra[-1]
+        assert main(["bench", "nb201", "--data", str(data), "--cache-dir", "none", "--dataset", "imagenet16-120",
+                     "--budget", "15", "--seeds", "2", "--workers", "1", "--strategies", "random,thompson",
+                     "--out", str(out), *extra]) == 0
+        files = sorted(p.name for p in out.iterdir())
+        assert len(files) == 3 and all("pixel3" in f for f in files)
+        payload = json.loads(next(out.glob("*.json")).read_text())
+        assert payload["config"]["mode"] == ("cap" if "--latency-cap" in extra else "pareto")
+
+
+def test_hypervolume_2d() -> None:
+    a, b = np.array([1.0, 0.5, 0.2]), np.array([0.2, 0.5, 1.0])
+    assert hypervolume_2d(a, b) == pytest.approx(0.2 + 0.5 * 0.3 + 0.2 * 0.5)
+    assert hypervolume_2d(np.array([1.0, 0.5]), np.array([1.0, 0.5])) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--strategies", "random,annealing"], "unknown strategy 'annealing'"),
+        (["--option", "evolution.population=3", "--strategies", "evolution"], "no option 'population'"),
+        (["--option", "evolution-population=3"], "STRATEGY.KEY=VALUE"),
+        (["--dataset", "mnist"], "not a NAS-Bench-201 data set"),
+        (["--device", "abacus"], "no latency for device 'abacus'"),
+        (["--latency-cap", "5"], "--latency-cap needs --device"),
+    ],
+)
+def test_cli_errors_exit_2_with_one_message(args, message, tmp_path, capsys) -> None:
+    data = shared_data("nasbench201")
+    code = main(["bench", "nb201", "--data", str(data), "--cache-dir", str(tmp_path), "--seeds", "1", "--budget", "2",
+                 "--out", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_cli_missing_data_folder(tmp_path, capsys) -> None:
+    assert main(["bench", "nb201", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "data folder not found" in capsys.readouterr().err
