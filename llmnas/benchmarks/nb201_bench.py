@@ -59,14 +59,15 @@ class BenchConfig:
 
     Attributes:
         datasets: data sets from :data:`~llmnas.benchmarks.nb201.DATASETS`.
-        strategies: sampler names accepted by :func:`~llmnas.samplers.build_sampler`.
+        strategies: sampler names accepted by :func:`~llmnas.samplers.build_sampler`, or ``LABEL=SAMPLER``
+            to run one sampler under several labels with different options (``lstm=reinforce``).
         budget: architecture evaluations (trials) per run.
         seeds: runs per strategy and data set; run ``r`` uses sampler seed ``seed + r``.
         seed: first seed.
         device: latency column for the pareto and cap modes.
         latency_cap: latency limit in ms (cap mode; needs ``device``).
         workers: processes running the runs.
-        options: sampler options by strategy name, e.g. ``{"evolution": {"population_size": 20}}``.
+        options: sampler options by strategy label, e.g. ``{"evolution": {"population_size": 20}}``.
         signal_decimals: decimals the validation accuracy is rounded to before the sampler sees it.
     """
 
@@ -82,6 +83,17 @@ class BenchConfig:
     signal_decimals: int = 4
 
     @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(s.partition("=")[0] for s in self.strategies)
+
+    def sampler_of(self, label: str) -> str:
+        for s in self.strategies:
+            name, sep, sampler = s.partition("=")
+            if name == label:
+                return sampler if sep else name
+        raise KeyError(label)
+
+    @property
     def mode(self) -> str:
         if self.latency_cap is not None:
             return "cap"
@@ -93,13 +105,15 @@ class BenchConfig:
                 raise DataError(f"unknown data set {ds!r} (allowed: {', '.join(DATASETS)}, all)")
             table.metric("val12", ds)
             table.metric("test200", ds)
-        for s in self.strategies:
-            if s not in SAMPLERS:
-                raise RecipeError(f"unknown strategy {s!r} (allowed: {', '.join(SAMPLERS)})")
+        for label in self.labels:
+            if self.sampler_of(label) not in SAMPLERS:
+                raise RecipeError(f"unknown strategy {self.sampler_of(label)!r} (allowed: {', '.join(SAMPLERS)})")
+        if len(set(self.labels)) != len(self.labels):
+            raise RecipeError(f"strategy labels must be distinct: {', '.join(self.labels)}")
         for s in self.options:
-            if s not in self.strategies:
+            if s not in self.labels:
                 raise RecipeError(
-                    f"options given for {s!r}, which is not among the strategies ({', '.join(self.strategies)})"
+                    f"options given for {s!r}, which is not among the strategies ({', '.join(self.labels)})"
                 )
         if self.budget < 1 or self.seeds < 1 or self.workers < 1:
             raise RecipeError("budget, seeds and workers must be at least 1")
@@ -109,8 +123,9 @@ class BenchConfig:
             table.latency_of(self.device)
         # build each sampler once so that a bad option fails before any run
         directions = ["maximize", "minimize"] if self.mode == "pareto" else ["maximize"]
-        for s in self.strategies:
-            build_sampler(s, space=NB201Space(), directions=directions, seed=0, options=self.options.get(s, {}))
+        for label in self.labels:
+            build_sampler(self.sampler_of(label), space=NB201Space(), directions=directions, seed=0,
+                          options=self.options.get(label, {}))
 
 
 @dataclass(frozen=True)
@@ -141,7 +156,7 @@ def run_one(table: NB201Table, config: BenchConfig, dataset: str, strategy: str,
     test = table.metric("test200", dataset)
     latency = table.latency_of(config.device) if config.device is not None else None
     directions = ["maximize", "minimize"] if mode == "pareto" else ["maximize"]
-    sampler = build_sampler(strategy, space=space, directions=directions, seed=seed,
+    sampler = build_sampler(config.sampler_of(strategy), space=space, directions=directions, seed=seed,
                             options=config.options.get(strategy, {}))
     study = optuna.create_study(directions=directions, sampler=sampler)
     chosen: list[int] = []
@@ -215,7 +230,7 @@ def _run_task(task: tuple[BenchConfig, str, str, int]) -> RunResult:
 def run_benchmark(table: NB201Table, config: BenchConfig, progress: bool = False) -> list[RunResult]:
     """Every (data set, strategy, seed) run, on ``config.workers`` processes; results in a fixed order."""
     config.validate(table)
-    tasks = [(config, ds, s, config.seed + r) for ds in config.datasets for s in config.strategies
+    tasks = [(config, ds, s, config.seed + r) for ds in config.datasets for s in config.labels
              for r in range(config.seeds)]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     results: list[RunResult] = []
@@ -260,7 +275,7 @@ def reference_rows(table: NB201Table, config: BenchConfig) -> dict[str, dict[str
 def summarize(results: Sequence[RunResult], config: BenchConfig) -> dict[str, Any]:
     """Mean, std and timing per (strategy, data set), mean curves and bands."""
     out: dict[str, Any] = {}
-    for s in config.strategies:
+    for s in config.labels:
         for ds in config.datasets:
             runs = [r for r in results if r.strategy == s and r.dataset == ds]
             if not runs:
@@ -306,7 +321,7 @@ def markdown_table(summary: dict[str, Any], table: NB201Table, config: BenchConf
         "|---|" + "---:|" * (len(ds_cols) + 1),
     ]
     fmt = "{:.4f} ± {:.4f}" if config.mode == "pareto" else "{:.2f} ± {:.2f}"
-    for s in config.strategies:
+    for s in config.labels:
         cells, ms = [], []
         for ds in ds_cols:
             row = summary.get(f"{s}/{ds}")
@@ -345,7 +360,7 @@ def plot_curves(summary: dict[str, Any], config: BenchConfig, path: Path) -> Non
     x = np.arange(1, config.budget + 1)
     for ax, ds in zip(axes[0], config.datasets, strict=True):
         lows = []
-        for s in config.strategies:
+        for s in config.labels:
             row = summary.get(f"{s}/{ds}")
             if row is None:
                 continue
@@ -364,7 +379,7 @@ def plot_curves(summary: dict[str, Any], config: BenchConfig, path: Path) -> Non
         ax.legend(fontsize=8)
     fig.suptitle(f"NAS-Bench-201: best so far, mean ± std over {config.seeds} seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -383,13 +398,29 @@ def write_outputs(
         "config": {**asdict(config), "mode": config.mode},
         "environment": {"cpus": os.cpu_count(), "optuna": optuna.__version__, **(extra or {})},
         "summary": summary,
-        "runs": [{k: v for k, v in asdict(r).items() if k != "curve"} for r in results],
+        "runs": [{k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(r).items() if k != "curve"}
+                 for r in results],
     }
     if config.mode != "pareto":
         payload["reference"] = reference_rows(table, config)
-    paths["json"].write_text(json.dumps(_finite(payload), indent=1) + "\n")
+    paths["json"].write_text(dump_json(_finite(payload)))
     plot_curves(summary, config, paths["png"])
     return md, paths
+
+
+def dump_json(payload: dict[str, Any]) -> str:
+    """JSON with one line per summary entry and per run (readable in a diff, small on disk)."""
+    parts = []
+    for key, value in payload.items():
+        if key == "runs":
+            body = "[\n" + ",\n".join("  " + json.dumps(r, separators=(",", ":")) for r in value) + "\n ]"
+        elif key == "summary":
+            body = "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}"
+                                       for k, v in value.items()) + "\n }"
+        else:
+            body = json.dumps(value)
+        parts.append(f" {json.dumps(key)}: {body}")
+    return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
 def _finite(obj: Any) -> Any:

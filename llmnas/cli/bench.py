@@ -50,9 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--seeds", type=int, default=100, help="runs per strategy and data set (default 100)")
     n.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     n.add_argument("--strategies", default="random,tpe,evolution,reinforce,thompson",
-                   help="comma list of samplers: random, tpe, nsga2, gp, evolution, reinforce, thompson")
+                   help="comma list of samplers (random, tpe, nsga2, gp, evolution, reinforce, thompson), each "
+                   "optionally as LABEL=SAMPLER to run one sampler with different --option settings")
     n.add_argument("--option", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
-                   help="a sampler option, e.g. evolution.population_size=20 (repeatable)")
+                   help="a sampler option by strategy label, e.g. evolution.population_size=20 (repeatable)")
     n.add_argument("--device", help="latency column: two objectives (accuracy, latency), or the cap's device")
     n.add_argument("--latency-cap", type=float, metavar="MS", help="maximise accuracy with latency <= MS on --device")
     n.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")

@@ -8,6 +8,7 @@ import pytest
 from llmnas.benchmarks.nb201 import load_nb201
 from llmnas.benchmarks.nb201_bench import BenchConfig, hypervolume_2d, run_one
 from llmnas.cli import main
+from llmnas.errors import RecipeError
 from tests.conftest import shared_data
 
 
@@ -74,6 +75,16 @@ def test_hardware_aware_modes(tmp_path, table) -> None:
         assert len(files) == 3 and all("pixel3" in f for f in files)
         payload = json.loads(next(out.glob("*.json")).read_text())
         assert payload["config"]["mode"] == ("cap" if "--latency-cap" in extra else "pareto")
+
+
+def test_labels_run_one_sampler_under_several_settings(table) -> None:
+    config = BenchConfig(datasets=("cifar10",), strategies=("evolution", "small=evolution"), budget=12, seeds=1,
+                         workers=1, options={"small": {"population_size": 4, "sample_size": 2}})
+    assert config.labels == ("evolution", "small") and config.sampler_of("small") == "evolution"
+    config.validate(table)
+    assert run_one(table, config, "cifar10", "small", 0).distinct == 12
+    with pytest.raises(RecipeError, match="distinct"):
+        BenchConfig(strategies=("evolution", "evolution")).validate(table)
 
 
 def test_hypervolume_2d() -> None:
