@@ -33,7 +33,7 @@ from llmnas.data import TokenData, prepare_data
 from llmnas.errors import LlmnasError, RecipeError
 from llmnas.recipe import Recipe
 from llmnas.search.report import pareto_plots, pareto_table, state_counts, top_table
-from llmnas.search.study import arch_attrs, finished, make_storage
+from llmnas.search.study import arch_attrs, fail_reason, finished, make_storage
 from llmnas.space import Constraints, TransformerSpace, load_space
 from llmnas.space.arch import Architecture, param_count_str
 from llmnas.train import TrainingDiverged, TrainingPruned, train
@@ -299,7 +299,7 @@ class Progress:
         elif trial.state == TrialState.PRUNED:
             outcome = f"pruned at step {a.get('pruned_at_step', '?')}"
         else:
-            outcome = f"failed: {a.get('fail_reason', 'see the log')}"
+            outcome = f"failed: {fail_reason(study, trial) or 'see the log'}"
         tqdm.write(f"trial {trial.number:>4}: {what}  {outcome}", file=sys.stdout)
         self.bar.update(1)
         self._best(study)

@@ -42,12 +42,18 @@ class StudyError(LlmnasError):
     """A study or trial that was asked for does not exist."""
 
 
+STALE_REASON = "its worker stopped sending heartbeats (killed or lost)"
+
+
 def _record_stale(study: optuna.Study, trial: FrozenTrial) -> None:
-    study._storage.set_trial_user_attr(  # noqa: SLF001 - Optuna hands the callback no public setter
-        trial._trial_id,  # noqa: SLF001
-        "fail_reason",
-        "its worker stopped sending heartbeats (killed or lost); finished trials are kept",
-    )
+    """Optuna calls this after failing a trial whose worker went silent; the trial is finished by then and
+    takes no more attributes, so the reason goes to the study (``fail_reason_<number>``)."""
+    study.set_user_attr(f"fail_reason_{trial.number}", STALE_REASON)
+
+
+def fail_reason(study: optuna.Study, trial: FrozenTrial) -> str | None:
+    """Why a trial failed: its own record, or the study's note for a trial failed as stale."""
+    return trial.user_attrs.get("fail_reason") or study.user_attrs.get(f"fail_reason_{trial.number}")
 
 
 def make_storage(
