@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         search_recipe = load_recipe("shakespeare_char", [
             f"data.source={args.data}", f"study={args.study}", f"run_dir={args.run_dir}",
             f"train.max_steps={args.trial_steps}", "train.lr_decay_steps=null",
-            f"search.constraints.max_params={cap}", f"search.n_trials={args.n_trials}",
+            f"search.constraints.max_params={cap}", f"search.n_trials={args.n_trials}", "search.pruner.kind=none",
         ])
         started = time.perf_counter()
         summary = run_search(search_recipe, show_progress=True)

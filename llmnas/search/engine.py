@@ -78,8 +78,9 @@ def prepare_space(recipe: Recipe, data: TokenData) -> TransformerSpace:
 
 def build_pruner(recipe: Recipe) -> optuna.pruners.BasePruner:
     cfg = recipe.search.pruner
+    if cfg.kind == "none":  # options of a pruner switched off with --set search.pruner.kind=none mean nothing
+        return optuna.pruners.NopPruner()
     classes = {
-        "none": optuna.pruners.NopPruner,
         "median": optuna.pruners.MedianPruner,
         "percentile": optuna.pruners.PercentilePruner,
         "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
