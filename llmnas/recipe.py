@@ -76,8 +76,8 @@ class SearchConfig:
     """Hard limits added to the space's own (``max_params``, ``min_params``, ``max_active_params``, ...)."""
     constraint_mode: str = "reject"
     """``reject``: an architecture over a limit is not trained (the trial ends PRUNED, with the reason
-    recorded); ``sampler``: it is trained and the limits go to the sampler as Optuna's ``constraints_func``
-    (tpe, nsga2, gp)."""
+    recorded); ``sampler``: it is trained and the limits go to the sampler as Optuna trial constraints
+    (``Trial.set_constraint``), which tpe, nsga2, gp and the llmnas samplers prefer to satisfy."""
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     storage: str | None = None
     """Optuna storage URL; default a SQLite file ``<run_dir>/study.db``."""

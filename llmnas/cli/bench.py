@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a sampler option by strategy label, e.g. evolution.population_size=20 (repeatable)")
     n.add_argument("--device", help="latency column: two objectives (accuracy, latency), or the cap's device")
     n.add_argument("--latency-cap", type=float, metavar="MS", help="maximise accuracy with latency <= MS on --device")
+    n.add_argument("--signal-decimals", type=int, default=4,
+                   help="decimals the validation accuracy is rounded to (default 4: equal image counts tie)")
     n.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     n.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                    help=f"where parsed tables are cached (default: {DEFAULT_CACHE}); 'none' to disable")
@@ -110,6 +112,7 @@ def nb201(args: argparse.Namespace) -> int:
         latency_cap=args.latency_cap,
         workers=max(1, args.workers),
         options=parse_options(args.option),
+        signal_decimals=args.signal_decimals,
     )
     results = run_benchmark(table, config, progress=args.progress)
     seconds = time.perf_counter() - start

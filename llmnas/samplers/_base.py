@@ -154,6 +154,8 @@ class SpaceSampler(BaseSampler, abc.ABC):
         seed: seed of the random number generator; ``None`` draws one.
         weights: for multi-objective studies, weights of a weighted sum of the objectives (oriented so
             that larger is better) used instead of the sampler's own multi-objective rule.
+        avoid_repeats: never propose a candidate (by the space's key) that an earlier trial already has;
+            ``False`` only for ablations.
     """
 
     def __init__(
@@ -162,6 +164,7 @@ class SpaceSampler(BaseSampler, abc.ABC):
         space: CategoricalSpace | None = None,
         seed: int | None = None,
         weights: Sequence[float] | None = None,
+        avoid_repeats: bool = True,
     ) -> None:
         if space is not None and not isinstance(space, CategoricalSpace):
             raise TypeError(f"space must be a CategoricalSpace, got {type(space).__name__}")
@@ -170,6 +173,7 @@ class SpaceSampler(BaseSampler, abc.ABC):
         self._random_sampler = RandomSampler(seed=seed)
         self._intersection = IntersectionSearchSpace()
         self._weights = None if weights is None else tuple(float(w) for w in weights)
+        self.avoid_repeats = avoid_repeats
 
     @property
     def space(self) -> CategoricalSpace | None:
@@ -200,6 +204,8 @@ class SpaceSampler(BaseSampler, abc.ABC):
                 f"{type(self).__name__}: {len(self._weights)} weights given for {len(study.directions)} objectives"
             )
         history = History.from_study(study, space, exclude=trial.number)
+        if not self.avoid_repeats:
+            history.seen = set()
         return dict(self.propose(study, trial, space, history, self.trial_rng(trial.number)))
 
     def sample_independent(

@@ -48,6 +48,7 @@ class RegularizedEvolutionSampler(SpaceSampler):
         sample_size: number of members drawn for each tournament (at most ``population_size``).
         seed: seed of the random number generator.
         weights: weighted-sum scalarisation of several objectives (instead of the Pareto rank).
+        avoid_repeats: never propose an already-asked candidate (``False`` only for ablations).
     """
 
     def __init__(
@@ -58,12 +59,13 @@ class RegularizedEvolutionSampler(SpaceSampler):
         sample_size: int = 15,
         seed: int | None = None,
         weights: Sequence[float] | None = None,
+        avoid_repeats: bool = True,
     ) -> None:
         if population_size < 2:
             raise ValueError(f"population_size must be at least 2, got {population_size}")
         if not 1 <= sample_size <= population_size:
             raise ValueError(f"sample_size must be in 1..population_size ({population_size}), got {sample_size}")
-        super().__init__(space=space, seed=seed, weights=weights)
+        super().__init__(space=space, seed=seed, weights=weights, avoid_repeats=avoid_repeats)
         self.population_size = population_size
         self.sample_size = sample_size
 

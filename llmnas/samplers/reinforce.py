@@ -71,6 +71,7 @@ class ReinforceSampler(SpaceSampler):
         seed: seed of the random number generator (the policy's initial weights do not depend on it, so
             workers with different seeds share one policy).
         weights: weighted-sum scalarisation of several objectives (instead of the domination reward).
+        avoid_repeats: never propose an already-asked candidate (``False`` only for ablations).
     """
 
     def __init__(
@@ -86,12 +87,13 @@ class ReinforceSampler(SpaceSampler):
         max_resample: int = 100,
         seed: int | None = None,
         weights: Sequence[float] | None = None,
+        avoid_repeats: bool = True,
     ) -> None:
         if controller not in CONTROLLERS:
             raise ValueError(f"controller must be one of {', '.join(CONTROLLERS)}, got {controller!r}")
         if not 0.0 <= baseline_decay < 1.0:
             raise ValueError(f"baseline_decay must be in [0, 1), got {baseline_decay}")
-        super().__init__(space=space, seed=seed, weights=weights)
+        super().__init__(space=space, seed=seed, weights=weights, avoid_repeats=avoid_repeats)
         self.controller = controller
         self.learning_rate = float(learning_rate if learning_rate is not None else
                                    (0.3 if controller == "independent" else 0.02))

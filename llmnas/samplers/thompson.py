@@ -61,6 +61,7 @@ class ThompsonSampler(SpaceSampler):
         max_expansions: candidates the best-first search may visit before falling back to random.
         seed: seed of the random number generator.
         weights: fixed weighted-sum scalarisation of several objectives (instead of random Chebyshev).
+        avoid_repeats: never propose an already-asked candidate (``False`` only for ablations).
     """
 
     def __init__(
@@ -73,12 +74,13 @@ class ThompsonSampler(SpaceSampler):
         max_expansions: int = 2000,
         seed: int | None = None,
         weights: Sequence[float] | None = None,
+        avoid_repeats: bool = True,
     ) -> None:
         if n_startup_trials < 1:
             raise ValueError(f"n_startup_trials must be at least 1, got {n_startup_trials}")
         if noise <= 0 or prior <= 0:
             raise ValueError(f"noise and prior must be positive, got noise={noise}, prior={prior}")
-        super().__init__(space=space, seed=seed, weights=weights)
+        super().__init__(space=space, seed=seed, weights=weights, avoid_repeats=avoid_repeats)
         self.n_startup_trials = n_startup_trials
         self.noise = float(noise)
         self.prior = float(prior)

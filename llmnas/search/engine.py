@@ -92,25 +92,6 @@ def build_pruner(recipe: Recipe) -> optuna.pruners.BasePruner:
         raise RecipeError(f"{recipe.source}: search.pruner.options: {e}") from None
 
 
-def constraint_values(constraints: Constraints, arch: Architecture) -> list[float]:
-    """Optuna's constraint convention: one value per limit, <= 0 when the limit is met."""
-    counts = arch.param_counts()
-    measured = {
-        "params": counts.total,
-        "active_params": counts.active,
-        "non_embedding_params": counts.non_embedding,
-        "flops_per_token": arch.flops_per_token(),
-        "kv_cache_bytes_per_token": arch.kv_cache_bytes_per_token(),
-    }
-    values = [float(counts.total - constraints.max_params) if constraints.max_params else None,
-              float(constraints.min_params - counts.total) if constraints.min_params else None]
-    for name, value in measured.items():
-        limit = getattr(constraints, f"max_{name}")
-        if limit is not None and name != "params":
-            values.append(float(value - limit))
-    return [v for v in values if v is not None] or [0.0]
-
-
 def setup_record(recipe: Recipe, space: TransformerSpace, data: TokenData) -> dict[str, Any]:
     """What must not change when a study is resumed (otherwise its trials are not comparable)."""
     info = space.describe()
@@ -128,20 +109,17 @@ def open_study(recipe: Recipe, space: TransformerSpace, data: TokenData, worker:
     from llmnas.samplers import build_sampler
 
     search = recipe.search
-    options = dict(search.sampler_options)
-    if search.constraint_mode == "sampler":
-        if search.sampler not in ("tpe", "nsga2", "gp"):
-            raise RecipeError(
-                f"{recipe.source}: search.constraint_mode: 'sampler' needs a sampler with constraints support "
-                f"(tpe, nsga2, gp), not {search.sampler!r}; use constraint_mode: reject"
-            )
-        options["constraints_func"] = lambda t: t.user_attrs.get("constraint_values", [0.0])
+    if search.constraint_mode == "sampler" and search.sampler == "random":
+        raise RecipeError(
+            f"{recipe.source}: search.constraint_mode: 'sampler' needs a sampler that reads constraints, not "
+            "'random'; use constraint_mode: reject"
+        )
     sampler = build_sampler(
         search.sampler,
         space=space,
         directions=search.directions,
         seed=search.seed + worker,
-        options=options,
+        options=dict(search.sampler_options),
     )
     study = optuna.create_study(
         study_name=recipe.study,
@@ -193,7 +171,8 @@ class Objective:
             trial.set_user_attr(key, value)
         constraints = self.space.constraints
         if self.recipe.search.constraint_mode == "sampler":
-            trial.set_user_attr("constraint_values", constraint_values(constraints, arch))
+            for name, value in constraints.optuna_values(arch).items():  # samplers read trial.constraints
+                trial.set_constraint(name, value)
         else:
             violations = constraints.violations(arch)
             if violations:

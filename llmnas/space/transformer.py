@@ -116,24 +116,43 @@ class Constraints:
     max_flops_per_token: int | None = None
     max_kv_cache_bytes_per_token: int | None = None
 
-    def violations(self, arch: Architecture) -> list[str]:
-        """Each limit ``arch`` breaks, as ``"name: value > limit"``."""
+    @staticmethod
+    def measure(arch: Architecture) -> dict[str, int]:
+        """The quantities the limits apply to."""
         counts = arch.param_counts()
-        measured = {
+        return {
             "params": counts.total,
             "active_params": counts.active,
             "non_embedding_params": counts.non_embedding,
             "flops_per_token": arch.flops_per_token(),
             "kv_cache_bytes_per_token": arch.kv_cache_bytes_per_token(),
         }
-        out = []
-        if self.min_params is not None and counts.total < self.min_params:
-            out.append(f"params: {counts.total} < min_params {self.min_params}")
-        for name, value in measured.items():
-            limit = getattr(self, f"max_{name}")
-            if limit is not None and value > limit:
-                out.append(f"{name}: {value} > max_{name} {limit}")
+
+    def limits(self) -> list[tuple[str, str, int]]:
+        """The limits that are set, as ``(quantity, "min" or "max", bound)``."""
+        out = [("params", "min", self.min_params)] if self.min_params is not None else []
+        for name in ("params", "active_params", "non_embedding_params", "flops_per_token", "kv_cache_bytes_per_token"):
+            bound = getattr(self, f"max_{name}")
+            if bound is not None:
+                out.append((name, "max", bound))
         return out
+
+    def violations(self, arch: Architecture) -> list[str]:
+        """Each limit ``arch`` breaks, as ``"name: value > max_name limit"``."""
+        measured = self.measure(arch)
+        out = []
+        for name, kind, bound in self.limits():
+            value = measured[name]
+            if kind == "min" and value < bound:
+                out.append(f"{name}: {value} < min_{name} {bound}")
+            elif kind == "max" and value > bound:
+                out.append(f"{name}: {value} > max_{name} {bound}")
+        return out
+
+    def optuna_values(self, arch: Architecture) -> dict[str, float]:
+        """Optuna's constraint convention (``Trial.set_constraint``): one value per limit, <= 0 when it is met."""
+        measured = self.measure(arch)
+        return {f"{k}_{n}": float(measured[n] - b if k == "max" else b - measured[n]) for n, k, b in self.limits()}
 
 
 def largest_divisor_at_most(n: int, bound: float) -> int:

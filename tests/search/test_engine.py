@@ -254,3 +254,15 @@ def test_a_killed_worker_loses_no_finished_work(tmp_path) -> None:
         assert resumed.trials[t.number].values == t.values
     killed = [t for t in resumed.trials if t.state == TrialState.FAIL]
     assert killed and "stopped sending heartbeats" in fail_reason(resumed, killed[0])
+
+
+def test_constraints_can_go_to_the_sampler(tmp_path) -> None:
+    recipe = recipe_from_dict(make_recipe(tmp_path, sampler="tpe", n_trials=4, constraint_mode="sampler",
+                                          constraints={"max_params": 20_000}))
+    study = run_search(recipe, show_progress=False).study
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)  # trained whatever their size
+    for t in study.trials:  # what the samplers read
+        assert t.constraints == {"max_params": float(t.user_attrs["params"] - 20_000)}
+    with pytest.raises(RecipeError, match="constraint_mode: 'sampler' needs a sampler that reads constraints"):
+        run_search(recipe_from_dict(make_recipe(tmp_path, sampler="random", constraint_mode="sampler")),
+                   show_progress=False)
