@@ -70,7 +70,7 @@ def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        strategy, dot, name = key.partition(".")
+        strategy, dot, name = key.rpartition(".")  # labels may hold dots, option names do not
         if not sep or not dot or not strategy or not name:
             raise RecipeError(f"--option {item!r} must read STRATEGY.KEY=VALUE (e.g. evolution.population_size=20)")
         try:

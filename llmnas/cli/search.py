@@ -68,20 +68,18 @@ def search(args: argparse.Namespace) -> int:
 
 
 def retrain(args: argparse.Namespace) -> int:
-    from accelerate import Accelerator
-
     from llmnas.data import prepare_data
     from llmnas.errors import RecipeError
     from llmnas.export import save_checkpoint
     from llmnas.search import load_study, select_trial, trial_arch
     from llmnas.space.arch import Architecture
-    from llmnas.train import train
+    from llmnas.train import make_accelerator, train
 
     recipe = _recipe(args)
     cfg = recipe.retrain or recipe.train
     if args.seed is not None:
         cfg = cfg.replace(seed=args.seed)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+    accelerator = make_accelerator(cfg)
     with accelerator.main_process_first():
         data = prepare_data(recipe.data)
     if args.arch is not None:

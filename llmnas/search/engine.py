@@ -36,7 +36,7 @@ from llmnas.search.report import pareto_plots, pareto_table, state_counts, top_t
 from llmnas.search.study import arch_attrs, fail_reason, finished, make_storage
 from llmnas.space import Constraints, TransformerSpace, load_space
 from llmnas.space.arch import Architecture, param_count_str
-from llmnas.train import TrainingDiverged, TrainingPruned, train
+from llmnas.train import TrainingDiverged, TrainingPruned, make_accelerator, train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -194,7 +194,7 @@ class Objective:
         origin = prior.user_attrs.get("reused_from", prior.number)
         trial.set_user_attr("reused_from", origin)
         for key in ("val_loss", "bits_per_byte", "bits_per_char", "tokens", "steps", "train_seconds",
-                    "tokens_per_second", "history"):
+                    "eval_seconds", "tokens_per_second", "history"):
             if key in prior.user_attrs:
                 trial.set_user_attr(key, prior.user_attrs[key])
         if prior.state == TrialState.COMPLETE:
@@ -227,7 +227,7 @@ class Objective:
             trial.set_user_attr("pruned_at_step", e.step)
             raise optuna.TrialPruned(str(e)) from None
         for key in ("val_loss", "bits_per_byte", "bits_per_char", "tokens", "steps", "train_seconds",
-                    "tokens_per_second"):
+                    "eval_seconds", "tokens_per_second"):
             trial.set_user_attr(key, getattr(result, key))
         trial.set_user_attr("history", result.history)
         if self.recipe.search.save_checkpoints:
@@ -307,7 +307,7 @@ def run_search(
     n_trials = n_trials or recipe.search.n_trials
     timeout = timeout if timeout is not None else recipe.search.timeout
     workers = workers or recipe.search.workers
-    accelerator = accelerator or Accelerator(gradient_accumulation_steps=recipe.train.grad_accum)
+    accelerator = accelerator or make_accelerator(recipe.train)
     if workers > 1 and accelerator.num_processes > 1:
         raise RecipeError("use either --workers K or accelerate launch with several processes, not both")
     with accelerator.main_process_first():

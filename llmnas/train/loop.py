@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,8 @@ from llmnas.data import EvalBlocks, RandomBlocks, TokenData
 from llmnas.errors import LlmnasError, RecipeError
 from llmnas.models.decoder import Decoder
 from llmnas.space.arch import Architecture
+
+PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 #: Called with (optimizer step, intermediate validation loss); returns True to stop (prune) the run.
 Reporter = Callable[[int, float], bool]
@@ -89,6 +92,9 @@ class TrainConfig:
     eval_batch_size: int = 32
     log_interval: int = 0
     """Print the training loss every this many steps on the main process (0: silent)."""
+    mixed_precision: str = "auto"
+    """``auto`` (bf16 autocast on a GPU that has it, unless ``accelerate launch`` says otherwise; fp32 on
+    CPU), ``no``, ``bf16`` or ``fp16``."""
 
     def __post_init__(self) -> None:
         if self.max_steps is None and self.max_tokens is None and self.max_seconds is None:
@@ -105,6 +111,10 @@ class TrainConfig:
             raise RecipeError(f"train: need lr > 0 and 0 <= min_lr <= lr (got lr={self.lr}, min_lr={self.min_lr})")
         if not 0 <= self.dropout < 1:
             raise RecipeError(f"train.dropout={self.dropout}: must be in [0, 1)")
+        if self.mixed_precision not in PRECISIONS:
+            raise RecipeError(
+                f"train.mixed_precision={self.mixed_precision!r}: must be one of {', '.join(PRECISIONS)}"
+            )
 
     def replace(self, **changes: Any) -> TrainConfig:
         return TrainConfig(**{**asdict(self), **changes})
@@ -131,6 +141,19 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The Accelerator for ``cfg``: its gradient accumulation, and its mixed precision where the device has it."""
+    precision: str | None = cfg.mixed_precision
+    if precision == "auto":
+        if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+            precision = None  # accelerate launch's configuration decides
+        elif torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            precision = "bf16"
+        else:
+            precision = "no"
+    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=precision)
 
 
 def lr_at(cfg: TrainConfig, step: int, total_steps: int | None, progress: float | None = None) -> float:

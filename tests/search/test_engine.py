@@ -178,10 +178,11 @@ def test_optuna_dashboard_reads_the_study(tmp_path) -> None:
 
 
 def test_two_workers_share_the_study(tmp_path) -> None:
-    recipe = recipe_from_dict(make_recipe(tmp_path, sampler="evolution", n_trials=6, workers=2))
-    study = run_search(recipe, show_progress=False).study
+    raw = make_recipe(tmp_path, sampler="evolution", n_trials=10, workers=2)
+    raw["train"]["max_steps"] = 60  # long enough that the second process has started before the end
+    study = run_search(recipe_from_dict(raw), show_progress=False).study
     done = finished(study)
-    assert 6 <= len(done) <= 7  # each worker checks the count after its trial; one may overshoot
+    assert 10 <= len(done) <= 11  # each worker checks the count after its trial; one may overshoot
     assert len({t.user_attrs["worker"] for t in done}) == 2
 
 
