@@ -360,7 +360,8 @@ def plot_curves(summary: dict[str, Any], config: BenchConfig, path: Path) -> Non
     fig, axes = plt.subplots(1, len(config.datasets), figsize=(5 * len(config.datasets), 4), squeeze=False)
     x = np.arange(1, config.budget + 1)
     for ax, ds in zip(axes[0], config.datasets, strict=True):
-        lows = []
+        lows: list[float] = []
+        highs: list[float] = []
         for s in config.labels:
             row = summary.get(f"{s}/{ds}")
             if row is None:
@@ -371,16 +372,18 @@ def plot_curves(summary: dict[str, Any], config: BenchConfig, path: Path) -> Non
             k = min(config.budget - 1, max(config.budget // 10, 0))
             if np.isfinite(m[k]):
                 lows.append(m[k] - sd[k])
+                highs.append(np.nanmax(m[k:] + sd[k:]))
         ax.set_title(DATASET_TITLES[ds])
         ax.set_xlabel("architecture evaluations")
         ax.set_ylabel("hypervolume ratio" if config.mode == "pareto" else "test accuracy of best-val cell (%)")
         if lows:
-            ax.set_ylim(bottom=min(lows))
+            pad = 0.05 * (max(highs) - min(lows))
+            ax.set_ylim(min(lows), max(highs) + pad)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"NAS-Bench-201: best so far, mean ± std over {config.seeds} seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
@@ -399,8 +402,7 @@ def write_outputs(
         "config": {**asdict(config), "mode": config.mode},
         "environment": {"cpus": os.cpu_count(), "optuna": optuna.__version__, **(extra or {})},
         "summary": summary,
-        "runs": [{k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(r).items() if k != "curve"}
-                 for r in results],
+        "runs": runs_by_cell(results),
     }
     if config.mode != "pareto":
         payload["reference"] = reference_rows(table, config)
@@ -409,13 +411,23 @@ def write_outputs(
     return md, paths
 
 
+def runs_by_cell(results: Sequence[RunResult]) -> dict[str, dict[str, list]]:
+    """Every run, column-wise per ``strategy/dataset``: seeds, scores, chosen cells, ... (one list each)."""
+    out: dict[str, dict[str, list]] = {}
+    for r in results:
+        cell = out.setdefault(f"{r.strategy}/{r.dataset}", {k: [] for k in ("seed", "score", "val", "index",
+                                                                             "distinct", "cpu_seconds")})
+        for k in cell:
+            v = getattr(r, k)
+            cell[k].append(round(v, 4) if isinstance(v, float) else v)
+    return out
+
+
 def dump_json(payload: dict[str, Any]) -> str:
     """JSON with one line per summary entry and per run (readable in a diff, small on disk)."""
     parts = []
     for key, value in payload.items():
-        if key == "runs":
-            body = "[\n" + ",\n".join("  " + json.dumps(r, separators=(",", ":")) for r in value) + "\n ]"
-        elif key == "summary":
+        if key in ("summary", "runs"):
             body = "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}"
                                        for k, v in value.items()) + "\n }"
         else:

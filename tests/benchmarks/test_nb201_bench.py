@@ -32,14 +32,14 @@ def test_cli_accuracy_run_writes_table_json_and_plot(tmp_path, capsys) -> None:
     payload = json.loads((out / "nb201.json").read_text())
     assert payload["config"]["options"] == {"evolution": {"population_size": 10, "sample_size": 4}}
     runs = payload["runs"]
-    assert len(runs) == 2 * 4 * 3
-    assert {(r["dataset"], r["strategy"]) for r in runs} == {
-        (d, s) for d in ("cifar10", "cifar100") for s in ("random", "evolution", "reinforce", "thompson")}
-    for r in runs:
-        assert 1.0 <= r["score"] <= {"cifar10": 94.38, "cifar100": 73.52}[r["dataset"]]
-        assert r["distinct"] <= 30 and r["index"] >= 0
-    ours = [r for r in runs if r["strategy"] != "random"]
-    assert all(r["distinct"] == 30 for r in ours)  # the llmnas samplers never evaluate a cell twice
+    assert set(runs) == {f"{s}/{d}" for d in ("cifar10", "cifar100")
+                         for s in ("random", "evolution", "reinforce", "thompson")}
+    for key, cell in runs.items():
+        assert cell["seed"] == [0, 1, 2]
+        assert all(1.0 <= x <= {"cifar10": 94.38, "cifar100": 73.52}[key.split("/")[1]] for x in cell["score"])
+        assert all(d <= 30 for d in cell["distinct"]) and all(i >= 0 for i in cell["index"])
+        if not key.startswith("random"):
+            assert cell["distinct"] == [30, 30, 30]  # the llmnas samplers never evaluate a cell twice
     summary = payload["summary"]["thompson/cifar10"]
     assert len(summary["curve_mean"]) == 30 and summary["curve_mean"][-1] == pytest.approx(summary["mean"])
     assert np.all(np.diff(summary["curve_mean"]) > -1.0)
