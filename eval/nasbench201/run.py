@@ -9,8 +9,8 @@ Stages (each a ``llmnas bench nb201`` invocation; results under ``eval/nasbench2
 3. ``cap`` -- best accuracy with latency <= 10 ms on a Pixel 3: ``nb201_cap_pixel3_10.0ms.*``.
 4. ``ablations`` -- the samplers' settings varied one at a time: ``ablations/nb201.*``.
 
-    python eval/nasbench201/run.py                         # stages 1-3 (about 3 minutes on 2 CPU cores)
-    python eval/nasbench201/run.py --stages ablations      # about 5 minutes
+    python eval/nasbench201/run.py                         # stages 1-3 (about 3 minutes on 2 idle CPU cores)
+    python eval/nasbench201/run.py --stages ablations      # about 5-10 minutes
 """
 
 from __future__ import annotations

@@ -10,10 +10,11 @@ gradient. A sample whose candidate was already asked is redrawn (up to ``max_res
 random new candidate is used), so no evaluation is spent twice.
 
 **State in the study.** The policy is a function of the completed trials: the updates are applied in
-trial-number order. After each update the policy, the baseline and the list of trials applied are
-written to the study's system attributes (``llmnas:ReinforceSampler:state``), where a resumed study or
-another worker process picks them up; whatever that snapshot misses is replayed from the trials, so a
-lost write or two workers updating at once only cost a replay, never a wrong policy.
+trial-number order. Before each proposal the sampler brings the policy up to date with the trials
+completed since, and writes the policy, the baseline and the list of trials applied to the study's
+system attributes (``llmnas:ReinforceSampler:state``), where a resumed study or another worker process
+picks them up; whatever that snapshot misses is replayed from the trials, so a lost write or two
+workers updating at once only cost a replay, never a wrong policy.
 
 Rewards: the objective (larger is better; ``minimize`` objectives are negated), or a weighted sum with
 ``weights``; for several objectives without weights, minus the fraction of earlier completed trials that
