@@ -87,13 +87,11 @@ def split_layout(arch: Architecture, sd: StateDict) -> StateDict:
         out["lm_head.weight"] = sd["lm_head.weight"]
     for i, block in enumerate(arch.blocks):
         src, dst = f"layers.{i}.", f"model.layers.{i}."
-        a = block.attn
-        q, k, v = sd[src + "attn.qkv.weight"].split((a.q_dim, a.kv_dim, a.kv_dim))
         out |= {
             dst + "input_layernorm.weight": sd[src + "attn_norm.weight"],
-            dst + "self_attn.q_proj.weight": q,
-            dst + "self_attn.k_proj.weight": k,
-            dst + "self_attn.v_proj.weight": v,
+            dst + "self_attn.q_proj.weight": sd[src + "attn.q.weight"],
+            dst + "self_attn.k_proj.weight": sd[src + "attn.k.weight"],
+            dst + "self_attn.v_proj.weight": sd[src + "attn.v.weight"],
             dst + "self_attn.o_proj.weight": sd[src + "attn.out.weight"],
             dst + "post_attention_layernorm.weight": sd[src + "ffn_norm.weight"],
         }
@@ -113,12 +111,9 @@ def split_layout(arch: Architecture, sd: StateDict) -> StateDict:
 
 
 def _dense(sd: StateDict, src: str, dst: str, activation: str) -> StateDict:
-    up = sd[src + "up.weight"]
-    out = {dst + "down_proj.weight": sd[src + "down.weight"]}
+    out = {dst + "up_proj.weight": sd[src + "up.weight"], dst + "down_proj.weight": sd[src + "down.weight"]}
     if activation == "swiglu":
-        gate, up = up.chunk(2)
-        out[dst + "gate_proj.weight"] = gate
-    out[dst + "up_proj.weight"] = up
+        out[dst + "gate_proj.weight"] = sd[src + "gate.weight"]
     return out
 
 
@@ -459,7 +454,7 @@ def gpt2_weights(arch: Architecture, sd: StateDict) -> StateDict:
         out |= {
             dst + "ln_1.weight": sd[src + "attn_norm.weight"],
             dst + "ln_1.bias": zeros(d),
-            dst + "attn.c_attn.weight": sd[src + "attn.qkv.weight"].t(),
+            dst + "attn.c_attn.weight": torch.cat([sd[src + f"attn.{p}.weight"] for p in "qkv"]).t(),
             dst + "attn.c_attn.bias": zeros(3 * d),
             dst + "attn.c_proj.weight": sd[src + "attn.out.weight"].t(),
             dst + "attn.c_proj.bias": zeros(d),

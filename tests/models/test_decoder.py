@@ -43,7 +43,7 @@ def reference_attention(x: torch.Tensor, attn: Attention, ctx: AttentionContext,
     """Naive attention: repeated K/V, explicit softmax over an explicitly built mask."""
     s = attn.spec
     B, T, _ = x.shape
-    q, k, v = attn.qkv(x).split((s.q_dim, s.kv_dim, s.kv_dim), dim=-1)
+    q, k, v = attn.q(x), attn.k(x), attn.v(x)
     q = q.view(B, T, s.n_heads, s.head_dim).transpose(1, 2)
     k = k.view(B, T, s.n_kv_heads, s.head_dim).transpose(1, 2)
     v = v.view(B, T, s.n_kv_heads, s.head_dim).transpose(1, 2)
@@ -88,9 +88,9 @@ def test_gqa_equals_mha_with_repeated_kv_weights() -> None:
     mha = arch_of(BlockSpec(AttentionSpec(4, 4, 8, window=6), DenseFFN(32)))
     a, b = Decoder(gqa).eval(), Decoder(mha).eval()
     state = a.state_dict()
-    q, k, v = state["layers.0.attn.qkv.weight"].split((32, 16, 16))
     rep = lambda w: w.view(2, 8, -1).repeat_interleave(2, dim=0).reshape(32, -1)  # noqa: E731
-    state["layers.0.attn.qkv.weight"] = torch.cat((q, rep(k), rep(v)))
+    for name in ("k", "v"):
+        state[f"layers.0.attn.{name}.weight"] = rep(state[f"layers.0.attn.{name}.weight"])
     b.load_state_dict(state)
     idx = torch.randint(0, 61, (2, 20))
     torch.testing.assert_close(a(idx).logits, b(idx).logits, rtol=1e-5, atol=1e-5)
