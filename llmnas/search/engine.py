@@ -114,13 +114,16 @@ def open_study(recipe: Recipe, space: TransformerSpace, data: TokenData, worker:
             f"{recipe.source}: search.constraint_mode: 'sampler' needs a sampler that reads constraints, not "
             "'random'; use constraint_mode: reject"
         )
-    sampler = build_sampler(
-        search.sampler,
-        space=space,
-        directions=search.directions,
-        seed=search.seed + worker,
-        options=dict(search.sampler_options),
-    )
+    try:
+        sampler = build_sampler(
+            search.sampler,
+            space=space,
+            directions=search.directions,
+            seed=search.seed + worker,
+            options=dict(search.sampler_options),
+        )
+    except RecipeError as e:
+        raise RecipeError(f"{recipe.source}: search.sampler: {e}") from None
     study = optuna.create_study(
         study_name=recipe.study,
         storage=make_storage(recipe.storage_url, search.heartbeat_seconds, search.grace_seconds),
