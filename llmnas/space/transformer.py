@@ -30,7 +30,7 @@ Example YAML::
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,7 +284,7 @@ class TransformerSpace(CategoricalSpace[Architecture]):
         window = get("window") if kind == "sliding" else None
         return BlockSpec(
             attention_spec(d_model, get("n_heads"), get("kv_ratio"), get("head_dim"), kind, window),
-            ffn_spec(d_model, get),
+            ffn_spec(d_model, get, self.layer_choices),
         )
 
     def key(self, params: Params) -> str:
@@ -442,7 +442,7 @@ class TransformerSpace(CategoricalSpace[Architecture]):
         keys = [k for k in lc if k in ("ffn", "activation", *DENSE_KEYS, *MOE_KEYS)]
         for combo in itertools.product(*(lc[k] for k in keys)):
             values = dict(zip(keys, combo, strict=True))
-            ffn.add(ffn_spec(d_model, values.__getitem__))
+            ffn.add(ffn_spec(d_model, values.__getitem__, lc))
         return frozenset(attn), frozenset(ffn)
 
     def describe(self) -> dict[str, Any]:
@@ -476,11 +476,12 @@ def _width(key: str, value: Any, d_model: int) -> int:
     return int(value) if key.endswith("hidden") else scaled_width(value, d_model)
 
 
-def ffn_spec(d_model: int, get: Any) -> DenseFFN | MoEFFN:
-    """The FFN of one layer from its decisions (``get(key)`` returns a per-layer decision)."""
+def ffn_spec(d_model: int, get: Any, declared: Collection[str]) -> DenseFFN | MoEFFN:
+    """The FFN of one layer from its decisions (``get(key)`` returns a per-layer decision; ``declared``
+    are the per-layer keys the space has, which say whether widths are absolute or multiples)."""
     act = get("activation")
     if get("ffn") == "moe":
-        key = "expert_hidden" if _has(get, "expert_hidden") else "expert_mult"
+        key = "expert_hidden" if "expert_hidden" in declared else "expert_mult"
         hidden = _width(key, get(key), d_model)
         return MoEFFN(
             n_experts=get("n_experts"),
@@ -490,16 +491,8 @@ def ffn_spec(d_model: int, get: Any) -> DenseFFN | MoEFFN:
             shared_expert_hidden=hidden if get("shared_expert") else 0,
             aux_loss_weight=float(get("aux_loss_weight")),
         )
-    key = "ffn_hidden" if _has(get, "ffn_hidden") else "ffn_mult"
+    key = "ffn_hidden" if "ffn_hidden" in declared else "ffn_mult"
     return DenseFFN(hidden=_width(key, get(key), d_model), activation=act)
-
-
-def _has(get: Any, key: str) -> bool:
-    try:
-        get(key)
-    except KeyError:
-        return False
-    return True
 
 
 def _union_of_powers(sets: list[tuple[frozenset, frozenset]], n: int) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast, set_seed
 from torch.utils.data import DataLoader, Subset
 
 from llmnas.data import EvalBlocks, RandomBlocks, TokenData
@@ -335,6 +335,4 @@ def _agree(flag: bool, accelerator: Accelerator) -> bool:
     if accelerator.num_processes == 1:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    from accelerate.utils import broadcast
-
     return bool(broadcast(t, from_process=0).item())
