@@ -41,6 +41,11 @@ from llmnas.train import TrainingDiverged, TrainingPruned, make_accelerator, tra
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+#: What a trained trial measured (user attributes, also copied to a trial that reuses its result).
+RESULT_ATTRS = ("val_loss", "bits_per_byte", "bits_per_char", "tokens", "steps", "train_seconds", "eval_seconds",
+                "tokens_per_second")
+
+
 class ReusedFailure(LlmnasError):
     """The architecture failed before in this study; it is not trained again."""
 
@@ -196,8 +201,7 @@ class Objective:
     def reuse(self, trial: optuna.Trial, prior: FrozenTrial) -> list[float]:
         origin = prior.user_attrs.get("reused_from", prior.number)
         trial.set_user_attr("reused_from", origin)
-        for key in ("val_loss", "bits_per_byte", "bits_per_char", "tokens", "steps", "train_seconds",
-                    "eval_seconds", "tokens_per_second", "history"):
+        for key in (*RESULT_ATTRS, "history"):
             if key in prior.user_attrs:
                 trial.set_user_attr(key, prior.user_attrs[key])
         if prior.state == TrialState.COMPLETE:
@@ -229,15 +233,16 @@ class Objective:
         except TrainingPruned as e:
             trial.set_user_attr("pruned_at_step", e.step)
             raise optuna.TrialPruned(str(e)) from None
-        for key in ("val_loss", "bits_per_byte", "bits_per_char", "tokens", "steps", "train_seconds",
-                    "eval_seconds", "tokens_per_second"):
-            trial.set_user_attr(key, getattr(result, key))
+        measured = {key: getattr(result, key) for key in RESULT_ATTRS}
+        for key, value in measured.items():
+            trial.set_user_attr(key, value)
         trial.set_user_attr("history", result.history)
         if self.recipe.search.save_checkpoints:
             from llmnas.export import save_checkpoint
 
             save_checkpoint(model, self.study_dir / "trials" / str(trial.number), tokenizer=self.data.tokenizer)
-        return [float(trial.user_attrs[o]) for o in self.recipe.search.objectives]
+        values = {**arch_attrs(arch), **measured}
+        return [float(values[o]) for o in self.recipe.search.objectives]
 
 
 def follow(recipe: Recipe, data: TokenData, accelerator: Accelerator) -> None:
