@@ -236,3 +236,23 @@ def test_loss_drops_on_tiny_shakespeare() -> None:
         after = model(xe, targets=ye).ce_loss.item()
     assert before > 5.0  # about ln(257) at initialisation
     assert after < 2.8, (before, after)  # a byte unigram model of this text scores about 3.2
+
+
+def test_moe_matches_transformers_mixtral_block() -> None:
+    """Same weights, same routing (softmax, top-k, renormalise): the outputs equal Mixtral's own block."""
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    torch.manual_seed(5)
+    cfg = MixtralConfig(hidden_size=32, intermediate_size=24, num_local_experts=6, num_experts_per_tok=2)
+    cfg._experts_implementation = "eager"
+    theirs = MixtralSparseMoeBlock(cfg)
+    ours = MixtureOfExperts(32, MoEFFN(n_experts=6, top_k=2, expert_hidden=24, activation="swiglu"))
+    with torch.no_grad():
+        for p in (theirs.gate.weight, theirs.experts.gate_up_proj, theirs.experts.down_proj):
+            p.normal_(0, 0.2)
+        ours.router.weight.copy_(theirs.gate.weight)
+        ours.up.copy_(theirs.experts.gate_up_proj)
+        ours.down.copy_(theirs.experts.down_proj)
+    x = torch.randn(3, 11, 32)
+    torch.testing.assert_close(ours(x)[0], theirs(x), rtol=1e-6, atol=1e-6)
