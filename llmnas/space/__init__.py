@@ -8,14 +8,12 @@ the file and the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from llmnas.errors import SpaceError
 from llmnas.space.arch import Architecture, AttentionSpec, BlockSpec, DenseFFN, MoEFFN, ParamCounts
 from llmnas.space.base import CategoricalSpace
 from llmnas.space.transformer import Constraints, TransformerSpace
+from llmnas.space.yaml_io import read_yaml, read_yaml_mapping
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 KINDS = ("transformer", "nasbench201")
@@ -32,21 +30,9 @@ __all__ = [
     "TransformerSpace",
     "load_space",
     "read_yaml",
+    "read_yaml_mapping",
     "resolve_space_path",
 ]
-
-
-def read_yaml(path: Path, error: type[Exception] = SpaceError) -> Any:
-    """Parse a YAML file; a missing file or a syntax error becomes ``error`` naming file and line."""
-    if not path.is_file():
-        raise error(f"{path}: file not found")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise error(f"{path}: not valid YAML{where}: {problem}") from None
 
 
 def resolve_space_path(name: str | Path) -> Path:
@@ -59,10 +45,11 @@ def resolve_space_path(name: str | Path) -> Path:
 
 def load_space(path: str | Path) -> CategoricalSpace:
     """Load and validate a search space from a YAML file (or the name of a shipped space)."""
-    path = resolve_space_path(path)
-    data = read_yaml(path)
-    if not isinstance(data, dict):
-        raise SpaceError(f"{path}: expected a mapping of keys at the top, got {type(data).__name__}")
+    name, path = path, resolve_space_path(path)
+    if path.parent == SPACES_DIR and not path.exists() and str(name) == path.stem:
+        shipped = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+        raise SpaceError(f"space {name!r}: no such file, and not a shipped space (shipped: {shipped})")
+    data = read_yaml_mapping(path)
     kind = data.get("kind", "transformer")
     if kind == "transformer":
         return TransformerSpace.from_config(data, str(path))

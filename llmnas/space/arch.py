@@ -28,6 +28,25 @@ FORMAT = "llmnas.arch/1"
 NORMS = ("rmsnorm", "layernorm")
 POSITIONS = ("rope", "alibi", "learned")
 ACTIVATIONS = ("gelu", "swiglu", "relu2")
+#: Largest value of each size: far above any real model, low enough that a slip (``vocab_size: 1e12``)
+#: is a clear error here rather than an allocation attempt when the model is built.
+LIMITS = {
+    "vocab_size": 1 << 24,
+    "d_model": 1 << 16,
+    "max_seq_len": 1 << 24,
+    "n_layers": 1024,
+    "n_heads": 1024,
+    "n_kv_heads": 1024,
+    "head_dim": 4096,
+    "window": 1 << 24,
+    "hidden": 1 << 20,
+    "n_experts": 4096,
+    "top_k": 4096,
+    "expert_hidden": 1 << 20,
+    "shared_expert_hidden": 1 << 20,
+}
+#: Most parameters an architecture may have (a trillion).
+MAX_PARAMS = 10**12
 
 
 @dataclass(frozen=True)
@@ -179,6 +198,10 @@ class Architecture:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 p.append(f"{where}{name}={value!r} must be a positive integer")
                 return False
+            limit = LIMITS[name.removeprefix("ffn.")]
+            if value > limit:
+                p.append(f"{where}{name}={value:,} is too large (at most {limit:,})")
+                return False
             return True
 
         for name in ("vocab_size", "d_model", "max_seq_len"):
@@ -195,6 +218,8 @@ class Architecture:
             p.append(f"tie_embeddings={self.tie_embeddings!r} must be true or false")
         if not self.blocks:
             p.append("blocks must list at least one layer")
+        if len(self.blocks) > LIMITS["n_layers"]:
+            p.append(f"{len(self.blocks):,} layers is too many (at most {LIMITS['n_layers']:,})")
         for i, block in enumerate(self.blocks):
             where = f"layer {i}: "
             if not isinstance(block, BlockSpec):
@@ -233,6 +258,8 @@ class Architecture:
                     p.append(
                         f"{where}ffn.shared_expert_hidden={sh!r} must be an int >= 0 (0: no shared expert)"
                     )
+                elif sh:
+                    positive_int("ffn.shared_expert_hidden", sh, where)
                 if not (isinstance(f.aux_loss_weight, float) and f.aux_loss_weight >= 0):
                     p.append(f"{where}ffn.aux_loss_weight={f.aux_loss_weight!r} must be a float >= 0")
             else:
@@ -240,6 +267,8 @@ class Architecture:
                 continue
             if f.activation not in ACTIVATIONS:
                 p.append(f"{where}ffn.activation={f.activation!r} must be one of {', '.join(ACTIVATIONS)}")
+        if not p and (total := self.param_counts().total) > MAX_PARAMS:
+            p.append(f"{total:,} parameters is too many (at most {MAX_PARAMS:,})")
         return p
 
     # ------------------------------------------------------------------ shape helpers
@@ -351,10 +380,20 @@ class Architecture:
 
     @classmethod
     def load(cls, path: str | Path) -> Architecture:
+        """Read an architecture JSON file; a missing, unreadable or malformed file raises :class:`ArchitectureError`."""
         path = Path(path)
+        if path.is_dir():
+            raise ArchitectureError(f"{path} is a directory, not an architecture JSON file")
         if not path.is_file():
             raise ArchitectureError(f"file not found: {path}")
-        return cls.from_json(path.read_text(), source=str(path))
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ArchitectureError(f"not UTF-8 text (a byte 0x{e.object[e.start]:02x} at offset {e.start})",
+                                    str(path)) from None
+        except OSError as e:
+            raise ArchitectureError(f"cannot be read ({e.strerror or e})", str(path)) from None
+        return cls.from_json(text, source=str(path))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json(indent=2) + "\n")

@@ -94,6 +94,45 @@ def test_bad_json_and_missing_file(tmp_path) -> None:
         Architecture.load(tmp_path / "missing.json")
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"vocab_size": 10**12}, "vocab_size=1,000,000,000,000 is too large (at most 16,777,216)"),
+        ({"d_model": 1 << 20}, "d_model=1,048,576 is too large (at most 65,536)"),
+        ({"max_seq_len": 1 << 30}, "max_seq_len=1,073,741,824 is too large"),
+        ({"blocks": (BlockSpec(AttentionSpec(4, 1, 32), DenseFFN(1 << 24)),)}, "ffn.hidden=16,777,216 is too large"),
+        ({"blocks": (BlockSpec(AttentionSpec(4, 1, 32), DenseFFN(64)),) * 2000}, "2,000 layers is too many"),
+        ({"vocab_size": 1 << 24, "d_model": 1 << 16}, "parameters is too many (at most 1,000,000,000,000)"),
+    ],
+)
+def test_absurd_sizes_are_refused_before_anything_is_allocated(changes: dict, message: str) -> None:
+    with pytest.raises(ArchitectureError) as e:
+        make(**changes)
+    assert message in str(e.value)
+
+
+def test_absurd_vocab_in_an_architecture_file(tmp_path) -> None:
+    data = json.loads(make().to_json())
+    data["vocab_size"] = 10**12
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    with pytest.raises(ArchitectureError, match="a.json: vocab_size=1,000,000,000,000 is too large"):
+        Architecture.load(tmp_path / "a.json")
+
+
+def test_unreadable_architecture_files(tmp_path) -> None:
+    (tmp_path / "latin1.json").write_bytes(json.dumps({"vocab_size": 1}).encode() + b"\xe9")
+    with pytest.raises(ArchitectureError, match=r"latin1.json: not UTF-8 text \(a byte 0xe9 at offset 17\)"):
+        Architecture.load(tmp_path / "latin1.json")
+    with pytest.raises(ArchitectureError, match="is a directory, not an architecture JSON file"):
+        Architecture.load(tmp_path)
+    (tmp_path / "empty.json").write_text("")
+    with pytest.raises(ArchitectureError, match="empty.json: not valid JSON"):
+        Architecture.load(tmp_path / "empty.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ArchitectureError, match="list.json: expected a JSON object, got list"):
+        Architecture.load(tmp_path / "list.json")
+
+
 def test_param_accounting_by_hand() -> None:
     d, v = 128, 257
     arch = make(tie_embeddings=False, pos="learned")
