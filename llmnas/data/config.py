@@ -36,6 +36,13 @@ class DataConfig:
     the text trains, the rest validates) or ``"head"`` (the first ``val_fraction`` validates). The
     cut is at a byte for ``"byte"`` and at a character otherwise."""
 
+    holdout: float | None = None
+    """Share of the training part carved off, from its end, as the validation split the search sees
+    (``None``: the corpus's own validation split validates). With ``holdout: 0.1`` the first 90 % of
+    the training part trains and its last 10 % validates, so the corpus's validation split (the one
+    final results are reported on) is never seen while architectures are selected. Retraining the
+    winners drops it (``holdout: null``) to train on the whole training part."""
+
     text_column: str = "text"
     """Column holding the text, for ``datasets`` sources."""
 
@@ -77,6 +84,9 @@ class DataConfig:
         vf = self.val_fraction
         if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 < vf < 1:
             problems.append(f"val_fraction={vf!r}: must be a number strictly between 0 and 1")
+        ho = self.holdout
+        if ho is not None and (isinstance(ho, bool) or not isinstance(ho, (int, float)) or not 0 < ho < 1):
+            problems.append(f"holdout={ho!r}: must be null or a number strictly between 0 and 1")
         if self.split not in SPLITS:
             problems.append(f"split={self.split!r}: must be one of {list(SPLITS)}")
         mb = self.max_bytes

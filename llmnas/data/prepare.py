@@ -5,6 +5,11 @@ text trains and the rest validates (``int(n * (1 - val_fraction))`` training uni
 a byte for the byte-level tokenizer and a character otherwise). On tiny-shakespeare at character
 level this gives nanoGPT's 1,003,854 training and 111,540 validation tokens.
 
+With ``holdout`` set, the validation split is carved from the end of the training part instead and
+the corpus's own validation split is left out altogether: on tiny-shakespeare, ``holdout=0.1`` gives
+903,468 training and 100,386 validation tokens, all from nanoGPT's training split, so a search that
+selects on them never sees the split its winners are reported on.
+
 Example:
     >>> data = prepare_data(DataConfig(source="stdlib", block_size=64, max_bytes=100_000))
     >>> data.vocab_size, data.train.dtype
@@ -48,6 +53,8 @@ class DataMeta:
         vocab_size: number of token ids.
         split: ``"tail"`` or ``"head"`` (which end validates).
         val_fraction: share of the text held out.
+        holdout: share of the training part that validates instead (``None``: the corpus's validation
+            split validates).
         n_train_tokens: tokens in the training split.
         n_val_tokens: tokens in the validation split.
         train_bytes: UTF-8 bytes of the training text.
@@ -76,6 +83,7 @@ class DataMeta:
     train_chars: int
     val_bytes: int
     val_chars: int
+    holdout: float | None = None
     python_version: str | None = None
     source_info: dict[str, Any] = field(default_factory=dict)
     cache_key: str = ""
@@ -139,6 +147,15 @@ def _split(seq: Any, n_train: int, where: str) -> tuple[Any, Any]:
     return seq[n_val:], seq[:n_val]
 
 
+def _train_val(seq: Any, cfg: DataConfig) -> tuple[Any, Any]:
+    """(train, val) of the corpus under ``cfg``: the corpus split, then, with a holdout, the training
+    part split again at its end (the corpus's validation part is dropped: the search never sees it)."""
+    train, val = _split(seq, _n_train(len(seq), cfg.val_fraction), cfg.split)
+    if cfg.holdout is not None:
+        train, val = _split(train, _n_train(len(train), cfg.holdout), "tail")
+    return train, val
+
+
 def _utf8_chars(data: np.ndarray) -> int:
     """Characters in UTF-8 bytes: the bytes that do not continue a character."""
     return int(np.count_nonzero((data & 0xC0) != 0x80))
@@ -148,11 +165,11 @@ def _tokenize(corpus: Corpus, tok: TextTokenizer, cfg: DataConfig) -> tuple[np.n
     """Split and encode; returns train, val and the size counts for :class:`DataMeta`."""
     if tok.kind == "byte":
         ids = tok.encode(corpus.text)
-        train, val = _split(ids, _n_train(len(ids), cfg.val_fraction), cfg.split)
+        train, val = _train_val(ids, cfg)
         counts = {"train_bytes": len(train), "train_chars": _utf8_chars(train),
                   "val_bytes": len(val), "val_chars": _utf8_chars(val)}
     else:
-        train_text, val_text = _split(corpus.text, _n_train(len(corpus.text), cfg.val_fraction), cfg.split)
+        train_text, val_text = _train_val(corpus.text, cfg)
         train, val = tok.encode(train_text), tok.encode(val_text)
         counts = {"train_bytes": len(train_text.encode("utf-8")), "train_chars": len(train_text),
                   "val_bytes": len(val_text.encode("utf-8")), "val_chars": len(val_text)}
@@ -161,6 +178,9 @@ def _tokenize(corpus: Corpus, tok: TextTokenizer, cfg: DataConfig) -> tuple[np.n
 
 def _check_sizes(train: np.ndarray, val: np.ndarray, cfg: DataConfig, source: str) -> None:
     need = cfg.block_size + 1
+    what = f"val_fraction (now {cfg.val_fraction})"
+    if cfg.holdout is not None:
+        what = f"holdout (now {cfg.holdout}: the validation split is that share of the training part)"
     total = len(train) + len(val)
     if total < need:
         raise DataError(
@@ -172,7 +192,7 @@ def _check_sizes(train: np.ndarray, val: np.ndarray, cfg: DataConfig, source: st
             raise DataError(
                 f"the {name} split of {source} has {len(arr)} tokens, fewer than one block of "
                 f"block_size={cfg.block_size} (+1 target): use a larger corpus, a smaller block_size or "
-                f"a different val_fraction (now {cfg.val_fraction})"
+                f"a different {what}"
             )
 
 
@@ -204,6 +224,8 @@ def prepare_data(cfg: DataConfig, *, local_files_only: bool = False) -> TokenDat
         "format": CACHE_FORMAT, "corpus_sha256": corpus.sha256, "tokenizer": cfg.tokenizer,
         "tokenizer_fingerprint": tok.fingerprint() if tok is not None and tok.kind == "hf" else None,
         "split": cfg.split, "val_fraction": cfg.val_fraction,
+        # only when set, so that the keys of existing entries (no holdout) stay valid
+        **({"holdout": cfg.holdout} if cfg.holdout is not None else {}),
     })
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
 
@@ -222,9 +244,10 @@ def prepare_data(cfg: DataConfig, *, local_files_only: bool = False) -> TokenDat
     train, val, counts = _tokenize(corpus, tok, cfg)
     meta = DataMeta(
         source=corpus.description, source_spec=cfg.source, corpus_sha256=corpus.sha256,
-        corpus_bytes=counts["train_bytes"] + counts["val_bytes"], corpus_chars=len(corpus.text),
+        corpus_bytes=len(corpus.text.encode("utf-8")), corpus_chars=len(corpus.text),
         tokenizer=cfg.tokenizer, tokenizer_fingerprint=tok.fingerprint(), vocab_size=tok.vocab_size,
-        split=cfg.split, val_fraction=cfg.val_fraction, n_train_tokens=len(train), n_val_tokens=len(val),
+        split=cfg.split, val_fraction=cfg.val_fraction, holdout=cfg.holdout,
+        n_train_tokens=len(train), n_val_tokens=len(val),
         python_version=corpus.info.get("python_version"), source_info=corpus.info, cache_key=key,
         tokenize_seconds=time.perf_counter() - t0, **counts,
     )

@@ -62,6 +62,48 @@ def test_head_split_puts_validation_first(shakespeare_path, tmp_path):
     assert head.meta.cache_key != tail.meta.cache_key
 
 
+def test_holdout_carves_the_search_validation_from_the_training_part(shakespeare_path, tmp_path):
+    full = prepare_data(DataConfig(source=shakespeare_path, tokenizer="char", block_size=64, cache_dir=str(tmp_path)))
+    carved = prepare_data(DataConfig(source=shakespeare_path, tokenizer="char", block_size=64, holdout=0.1,
+                                     cache_dir=str(tmp_path)))
+    assert not carved.from_cache and carved.meta.cache_key != full.meta.cache_key
+    # int(1,003,854 * 0.9) = 903,468 train; the rest of nanoGPT's training split validates
+    assert (len(carved.train), len(carved.val)) == (903_468, 100_386)
+    assert np.array_equal(carved.train, full.train[:903_468]) and np.array_equal(carved.val, full.train[903_468:])
+    m = carved.meta
+    assert m.holdout == 0.1 and (m.n_train_tokens, m.n_val_tokens, m.val_chars) == (903_468, 100_386, 100_386)
+    assert m.corpus_chars == 1_115_394 and carved.vocab_size == full.vocab_size == 65
+    again = prepare_data(DataConfig(source=shakespeare_path, tokenizer="char", block_size=64, holdout=0.1,
+                                    cache_dir=str(tmp_path)))
+    assert again.from_cache and again.meta == m and np.array_equal(again.val, carved.val)
+    assert prepare_data(DataConfig(source=shakespeare_path, tokenizer="char", block_size=64,
+                                   cache_dir=str(tmp_path))).meta.cache_key == full.meta.cache_key
+
+
+def test_holdout_at_byte_level_and_with_the_head_split(tmp_path):
+    text = "".join(chr(97 + i % 26) for i in range(1000))
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    kw = {"source": str(tmp_path / "a.txt"), "block_size": 8, "cache_dir": str(tmp_path / "c")}
+    tail = prepare_data(DataConfig(**kw, holdout=0.25))
+    assert (len(tail.train), len(tail.val)) == (675, 225)  # 900 train bytes, the last quarter validates
+    assert bytes(tail.val.astype(np.uint8)) == text[675:900].encode()
+    head = prepare_data(DataConfig(**kw, split="head", holdout=0.25))  # training part is text[100:]
+    assert bytes(head.train.astype(np.uint8)) == text[100:775].encode()
+    assert bytes(head.val.astype(np.uint8)) == text[775:].encode()
+
+
+def test_holdout_errors_name_the_key(tmp_path):
+    for bad in (0, 1, 1.5, -0.1, True, "0.1"):
+        with pytest.raises(DataError, match=rf"holdout={bad!r}: must be null or a number strictly between 0 and 1"):
+            DataConfig(source="stdlib", block_size=8, holdout=bad)
+    with pytest.raises(DataError, match=r"recipe.yaml: data: .*holdout=2: must be null"):
+        DataConfig.from_dict({"source": "stdlib", "block_size": 8, "holdout": 2}, where="recipe.yaml: data")
+    (tmp_path / "a.txt").write_text("x" * 1000, encoding="utf-8")
+    with pytest.raises(DataError, match=r"validation split .* has 9 tokens.* different holdout \(now 0.01"):
+        prepare_data(DataConfig(source=str(tmp_path / "a.txt"), block_size=64, holdout=0.01,
+                                cache_dir=str(tmp_path)))
+
+
 def test_stdlib_default_corpus_records_version_and_hash(tmp_path):
     cfg = DataConfig(source="stdlib", block_size=128, max_bytes=200_000, cache_dir=str(tmp_path))
     data = prepare_data(cfg)
