@@ -37,6 +37,7 @@ from llmnas.space.base import Params
 from llmnas.space.nb201 import N_CELLS, NB201Cell, NB201Space
 
 DATASETS = ("cifar10", "cifar100", "imagenet16-120")
+DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet16-120": "ImageNet16-120"}
 METRICS = ("val12", "test12", "test200")
 ACC12_FILE = "nb201_acc_12ep.csv"
 TEST200_FILE = "nb201_test_acc_200ep.csv"

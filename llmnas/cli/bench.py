@@ -6,6 +6,7 @@ Examples::
     llmnas bench nb201 --dataset cifar10 --budget 50 --seeds 20 --strategies random,thompson --out /tmp/nb
     llmnas bench nb201 --device pixel3 --strategies random,nsga2,evolution,thompson --out /tmp/nb   # 2 objectives
     llmnas bench nb201 --device pixel3 --latency-cap 20 --out /tmp/nb                             # latency cap
+    llmnas bench nb201 --seed 1000 --score val --out /tmp/nb     # tuning: other seeds, validation signal only
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "nb201",
         help="NAS-Bench-201: every strategy as an Optuna study, equal budgets, many seeds",
         description="Run search strategies on the NAS-Bench-201 tables: search on 12-epoch validation "
-        "accuracy, report the 200-epoch test accuracy of the best-validation cell (or, with --device, the "
-        "hypervolume of accuracy vs latency; with --latency-cap, the best accuracy under the cap). Writes a "
+        "accuracy, report the 200-epoch test accuracy of the best-validation cell, expected over the tied "
+        "best-validation cells a run found (or, with --device, the hypervolume of accuracy vs latency; with "
+        "--latency-cap, the same under the cap; with --score val, the best validation accuracy). Writes a "
         "Markdown table, a JSON of every run and a PNG of best-so-far curves into --out.",
     )
     n.add_argument("--data", type=Path, default=DEFAULT_DATA,
@@ -57,7 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--device", help="latency column: two objectives (accuracy, latency), or the cap's device")
     n.add_argument("--latency-cap", type=float, metavar="MS", help="maximise accuracy with latency <= MS on --device")
     n.add_argument("--signal-decimals", type=int, default=4,
-                   help="decimals the validation accuracy is rounded to (default 4: equal image counts tie)")
+                   help="decimals the validation accuracy is rounded to, 0-6 (default 4: equal image counts tie)")
+    n.add_argument("--score", default="test",
+                   help="what a run reports (accuracy and cap modes): test (default; expected 200-epoch test "
+                   "accuracy over the tied best-validation cells) or val (best validation accuracy: for tuning)")
     n.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     n.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                    help=f"where parsed tables are cached (default: {DEFAULT_CACHE}); 'none' to disable")
@@ -80,39 +85,64 @@ def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def parse_strategies(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not names:
+        raise RecipeError(f"--strategies {text!r}: names no strategy (a comma list of samplers, e.g. random,thompson)")
+    return names
+
+
 def parse_datasets(text: str) -> tuple[str, ...]:
     from llmnas.benchmarks.nb201 import DATASETS
 
-    if text == "all":
+    if text.strip() == "all":
         return DATASETS
     names = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not names:
+        raise DataError(f"--dataset {text!r}: names no data set (allowed: {', '.join(DATASETS)}, all)")
     for name in names:
         if name not in DATASETS:
             raise DataError(f"--dataset {name!r} is not a NAS-Bench-201 data set (allowed: {', '.join(DATASETS)}, all)")
     return names
 
 
+def check_folder(flag: str, path: Path) -> None:
+    """``path`` must be a folder or creatable as one: checked before any run, so that nothing is lost at the end."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise RecipeError(f"{flag} {path}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK):
+                raise RecipeError(f"{flag} {path}: {folder} is not writable")
+            return
+
+
 def nb201(args: argparse.Namespace) -> int:
-    from llmnas.benchmarks.nb201 import load_nb201, load_official
-    from llmnas.benchmarks.nb201_bench import BenchConfig, run_benchmark, write_outputs
+    from llmnas.benchmarks import BenchConfig, load_nb201, load_official, run_benchmark, write_outputs
 
     start = time.perf_counter()
+    if args.trusted and args.official is None:
+        raise RecipeError("--trusted applies to --official only (the CSV tables are never unpickled)")
+    check_folder("--out", args.out)
     if args.official is not None:
         table = load_official(args.official, trusted=args.trusted)
     else:
         cache = None if str(args.cache_dir).lower() == "none" else args.cache_dir
+        if cache is not None:
+            check_folder("--cache-dir", cache)
         table = load_nb201(args.data, cache_dir=cache)
     config = BenchConfig(
         datasets=parse_datasets(args.dataset),
-        strategies=tuple(s.strip() for s in args.strategies.split(",") if s.strip()),
+        strategies=parse_strategies(args.strategies),
         budget=args.budget,
         seeds=args.seeds,
         seed=args.seed,
         device=args.device,
         latency_cap=args.latency_cap,
-        workers=max(1, args.workers),
+        workers=args.workers,
         options=parse_options(args.option),
         signal_decimals=args.signal_decimals,
+        score=args.score,
     )
     results = run_benchmark(table, config, progress=args.progress)
     seconds = time.perf_counter() - start
