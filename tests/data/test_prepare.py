@@ -235,3 +235,12 @@ def test_names_that_need_the_network_fail_clearly_offline(tmp_path):
     assert "'no-such-org/no-such-tokenizer'" in lines[0] and "must be online" in lines[0]
     assert "local path" in lines[0]
     assert "'no-such-org/no-such-dataset'" in lines[1] and "online" in lines[1] and "local" in lines[1]
+
+
+def test_shakespeare_recipe_selects_on_its_holdout(shakespeare_path, tmp_path):
+    from llmnas.recipe import load_recipe
+
+    recipe = load_recipe("shakespeare_char", [f"data.source={shakespeare_path}", f"data.cache_dir={tmp_path}"])
+    assert recipe.data.holdout == 0.1  # the search never sees nanoGPT's validation split
+    data = prepare_data(recipe.data)
+    assert (len(data.train), len(data.val)) == (903_468, 100_386)
