@@ -23,13 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast, set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader, Subset
 
 from llmnas.data import EvalBlocks, RandomBlocks, TokenData
 from llmnas.errors import LlmnasError, RecipeError
 from llmnas.models.decoder import Decoder
 from llmnas.space.arch import Architecture
+from llmnas.train.ranks import from_main, main_decides, mean_loss_or_failure, run_guarded
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 
@@ -99,16 +100,27 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps is None and self.max_tokens is None and self.max_seconds is None:
             raise RecipeError("train: give a budget: max_steps, max_tokens or max_seconds")
+        for name in ("max_steps", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise RecipeError(f"train.{name}={value!r}: must be a positive integer or null")
+        seconds = self.max_seconds
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf
+        ):
+            raise RecipeError(f"train.max_seconds={seconds!r}: must be a positive number of seconds or null")
         for name in ("batch_size", "grad_accum", "eval_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise RecipeError(f"train.{name}={value!r}: must be a positive integer")
-        for name in ("max_steps", "max_tokens", "warmup_steps", "lr_decay_steps", "eval_interval", "eval_blocks"):
+        for name in ("warmup_steps", "lr_decay_steps", "eval_interval", "eval_blocks"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise RecipeError(f"train.{name}={value!r}: must be a non-negative integer or null")
-        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
-            raise RecipeError(f"train: need lr > 0 and 0 <= min_lr <= lr (got lr={self.lr}, min_lr={self.min_lr})")
+        if not (0 < self.lr < math.inf and 0 <= self.min_lr <= self.lr):
+            raise RecipeError(
+                f"train.lr={self.lr!r}, train.min_lr={self.min_lr!r}: need 0 < lr (finite) and 0 <= min_lr <= lr"
+            )
         if not 0 <= self.dropout < 1:
             raise RecipeError(f"train.dropout={self.dropout}: must be in [0, 1)")
         if self.mixed_precision not in PRECISIONS:
@@ -153,7 +165,20 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
             precision = "bf16"
         else:
             precision = "no"
-    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=precision)
+    handlers = []
+    if _deepspeed_without_gpu():
+        # accelerate picks no backend when DeepSpeed runs on CPUs: it then counts one process while
+        # torch.distributed has several, so no rank gets its own shard of the data and DeepSpeed's batch
+        # check fails. gloo is the backend DeepSpeed's CPU accelerator uses anyway.
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=precision,
+                       kwargs_handlers=handlers)
+
+
+def _deepspeed_without_gpu() -> bool:
+    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    return launched and deepspeed and not torch.cuda.is_available()
 
 
 def lr_at(cfg: TrainConfig, step: int, total_steps: int | None, progress: float | None = None) -> float:
@@ -192,6 +217,15 @@ def total_steps(cfg: TrainConfig, block_size: int, world_size: int) -> int | Non
     return min(steps) if steps else None
 
 
+def _batch_sums(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sequence summed cross-entropy and number of predicted tokens: ``(batch, 2)``."""
+    logits = model(x).logits.float()
+    losses = torch.nn.functional.cross_entropy(
+        logits.view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(y.shape)
+    return torch.stack([losses.sum(1).double(), (y != -100).sum(1).double()], 1)
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator) -> tuple[float, int]:
     """Summed cross-entropy (nats) and number of predicted tokens over ``loader``, all processes together."""
@@ -199,17 +233,32 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerato
     total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     count = torch.zeros((), dtype=torch.int64, device=accelerator.device)
     for x, y in loader:
-        logits = model(x).logits.float()
-        losses = torch.nn.functional.cross_entropy(
-            logits.view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-100, reduction="none"
-        ).view(y.shape)
+        sums = run_guarded(accelerator, _batch_sums, model, x, y)  # a failed forward must not strand the others
         # gather_for_metrics drops the samples accelerate repeats to even out the last batch.
-        sums = torch.stack([losses.sum(1).double(), (y != -100).sum(1).double()], 1)  # (batch, 2)
         per_sample = accelerator.gather_for_metrics(sums)
         total += per_sample[:, 0].sum()
         count += per_sample[:, 1].sum().long()
     model.train()
     return float(total), int(count)
+
+
+@dataclass
+class _Loaders:
+    train: DataLoader
+    full_val: DataLoader
+    quick_val: DataLoader
+
+
+def _loaders(data: TokenData, cfg: TrainConfig, block: int, steps_budget: int | None, world: int) -> _Loaders:
+    micro_batches = (steps_budget or 10**9) * cfg.grad_accum * world
+    train_ds = RandomBlocks(data.train, block, num_samples=micro_batches * cfg.batch_size, seed=cfg.seed)
+    val_ds = EvalBlocks(data.val, block)
+    full_val = DataLoader(val_ds, batch_size=cfg.eval_batch_size)
+    quick_val = full_val
+    if cfg.eval_blocks is not None and cfg.eval_blocks < len(val_ds):
+        picks = np.linspace(0, len(val_ds) - 1, cfg.eval_blocks).round().astype(int).tolist()
+        quick_val = DataLoader(Subset(val_ds, picks), batch_size=cfg.eval_batch_size)
+    return _Loaders(DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=False), full_val, quick_val)
 
 
 def train(
@@ -223,35 +272,29 @@ def train(
 ) -> tuple[Decoder, TrainResult]:
     """Train ``arch`` from scratch on ``data`` within ``cfg``'s budget; return the model and the metrics.
 
+    Under ``accelerate launch`` every process calls this with the same arguments; they agree on every
+    decision (see :mod:`llmnas.train.ranks`), so they end together, also when one of them fails.
+
     Raises:
         TrainingDiverged: the loss became NaN or infinite (the run is lost, the caller goes on).
         TrainingPruned: ``report`` asked to stop.
+        TrainingFailed: another process raised (this process raises its own exception when it is the one).
     """
-    if accelerator.gradient_accumulation_steps != cfg.grad_accum:
-        raise ValueError(
-            f"the Accelerator accumulates {accelerator.gradient_accumulation_steps} micro-batches but train.grad_accum "
-            f"is {cfg.grad_accum}: build it with Accelerator(gradient_accumulation_steps={cfg.grad_accum})"
-        )
+    _check_accelerator(accelerator, cfg)
     block = arch.max_seq_len
-    set_seed(cfg.seed)
-    model = model if model is not None else Decoder(arch, dropout=cfg.dropout)
-    optimizer = make_optimizer(model, cfg)
     world = accelerator.num_processes
     steps_budget = total_steps(cfg, block, world)
-    micro_batches = (steps_budget or 10**9) * cfg.grad_accum * world
-    train_ds = RandomBlocks(data.train, block, num_samples=micro_batches * cfg.batch_size, seed=cfg.seed)
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=False)
-    val_ds = EvalBlocks(data.val, block)
-    full_val = DataLoader(val_ds, batch_size=cfg.eval_batch_size)
-    if cfg.eval_blocks is not None and cfg.eval_blocks < len(val_ds):
-        picks = np.linspace(0, len(val_ds) - 1, cfg.eval_blocks).round().astype(int).tolist()
-        quick_val = DataLoader(Subset(val_ds, picks), batch_size=cfg.eval_batch_size)
-    else:
-        quick_val = full_val
-    model, optimizer, train_loader, full_val, quick_val = accelerator.prepare(
-        model, optimizer, train_loader, full_val, quick_val
+
+    def build() -> tuple[Decoder, torch.optim.Optimizer, _Loaders]:
+        set_seed(cfg.seed)
+        net = model if model is not None else Decoder(arch, dropout=cfg.dropout)
+        return net, make_optimizer(net, cfg), _loaders(data, cfg, block, steps_budget, world)
+
+    net, optimizer, loaders = run_guarded(accelerator, build)
+    net, optimizer, train_loader, full_val, quick_val = accelerator.prepare(
+        net, optimizer, loaders.train, loaders.full_val, loaders.quick_val
     )
-    model.train()
+    net.train()
     history: list[tuple[int, float]] = []
     step, tokens, recent = 0, 0, []
     train_seconds = eval_seconds = 0.0
@@ -260,45 +303,36 @@ def train(
     batches = iter(train_loader)
     try:
         while True:
-            progress = train_seconds / cfg.max_seconds if cfg.max_seconds else None
-            if _should_stop(step, steps_budget, progress, accelerator):
+            # The main process's clock places the schedule and ends a time budget on every process:
+            # replicas with different learning rates would drift apart (DDP never re-syncs weights).
+            progress = from_main(train_seconds / cfg.max_seconds, accelerator) if cfg.max_seconds else None
+            if (steps_budget is not None and step >= steps_budget) or (progress is not None and progress >= 1.0):
                 break
             lr = lr_at(cfg, step, steps_budget, progress)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             for _ in range(cfg.grad_accum):
-                x, y = next(batches)
-                with accelerator.accumulate(model):
-                    loss = model(x, targets=y).loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.grad_clip:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                value = _micro_step(net, optimizer, batches, cfg, accelerator, step)
                 tokens += tokens_per_micro
             step += 1
-            value = loss.detach()
-            if world > 1:  # every process must agree that the run diverged
-                value = accelerator.reduce(value, "mean")
-            value = value.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(step, value)
             recent = (recent + [value])[-20:]
             if cfg.log_interval and step % cfg.log_interval == 0:
                 accelerator.print(f"step {step}: loss {value:.4f}, lr {lr:.2e}")
             now = time.perf_counter()
             train_seconds = now - started - eval_seconds
             if cfg.eval_interval and step % cfg.eval_interval == 0 and step != steps_budget:
-                loss_sum, n = evaluate(model, quick_val, accelerator)
+                loss_sum, n = evaluate(net, quick_val, accelerator)
                 val = loss_sum / n
                 eval_seconds += time.perf_counter() - now
                 if not math.isfinite(val):
                     raise TrainingDiverged(step, val)
                 history.append((step, val))
-                if report is not None and _agree(report(step, val), accelerator):
-                    raise TrainingPruned(step, val)
+                if report is not None:
+                    prune = bool(run_guarded(accelerator, report, step, val))
+                    if main_decides(prune, accelerator):
+                        raise TrainingPruned(step, val)
         t0 = time.perf_counter()
-        loss_sum, n = evaluate(model, full_val, accelerator)
+        loss_sum, n = evaluate(net, full_val, accelerator)
         eval_seconds += time.perf_counter() - t0
         val_loss = loss_sum / n
         if not math.isfinite(val_loss):
@@ -317,22 +351,44 @@ def train(
             tokens_per_second=tokens / max(train_seconds, 1e-9),
             history=history,
         )
-        return accelerator.unwrap_model(model), result
+        return accelerator.unwrap_model(net), result
     finally:
         accelerator.free_memory()
 
 
-def _should_stop(step: int, budget: int | None, progress: float | None, accelerator: Accelerator) -> bool:
-    if budget is not None and step >= budget:
-        return True
-    if progress is None:
-        return False
-    return _agree(progress >= 1.0, accelerator)
+def _micro_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Any, cfg: TrainConfig,
+                accelerator: Accelerator, step: int) -> float:
+    """One micro-batch: forward, agreement on the loss (and on any failure), backward, optimizer step."""
+    with accelerator.accumulate(net):
+        loss, error = None, None
+        try:
+            x, y = next(batches)
+            loss = net(x, targets=y).loss
+        except Exception as e:  # noqa: BLE001 - announced to the other processes before the backward pass
+            error = e
+        value = mean_loss_or_failure(loss, error, accelerator)
+        if not math.isfinite(value):  # every process sees the same mean, so every process stops here
+            raise TrainingDiverged(step + 1, value)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and cfg.grad_clip:
+            accelerator.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return value
 
 
-def _agree(flag: bool, accelerator: Accelerator) -> bool:
-    """True on every process when the main process says so (time and pruning decisions must agree)."""
-    if accelerator.num_processes == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(broadcast(t, from_process=0).item())
+def _check_accelerator(accelerator: Accelerator, cfg: TrainConfig) -> None:
+    if accelerator.gradient_accumulation_steps != cfg.grad_accum:
+        raise ValueError(
+            f"the Accelerator accumulates {accelerator.gradient_accumulation_steps} micro-batches but train.grad_accum "
+            f"is {cfg.grad_accum}: build it with Accelerator(gradient_accumulation_steps={cfg.grad_accum})"
+        )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # DeepSpeed clips inside its own step with its config's value; accelerate's clip call does nothing.
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        clip = ds.get("gradient_clipping")
+        if clip not in (None, "auto") and float(clip or 0.0) != float(cfg.grad_clip or 0.0):
+            raise RecipeError(
+                f"train.grad_clip={cfg.grad_clip} but the DeepSpeed config clips at gradient_clipping={clip}: "
+                "set them equal (the accelerate config's deepspeed_config.gradient_clipping)"
+            )

@@ -105,9 +105,25 @@ def test_reporter_can_prune(data) -> None:
 
 
 def test_time_budget(data) -> None:
-    cfg = TrainConfig(max_seconds=1.0, batch_size=4, warmup_steps=1)
+    cfg = TrainConfig(max_seconds=1.0, batch_size=4, warmup_steps=1, eval_interval=1, eval_blocks=4)
     _, result = train(tiny_arch(), data, cfg, Accelerator(cpu=True))
-    assert 1.0 <= result.train_seconds < 3.0 and result.steps > 1
+    # The run stops at the first step that ends past the budget; evaluations do not count against it.
+    assert result.train_seconds >= 1.0 and result.steps > 1 and result.eval_seconds > 0
+    # an intermediate validation after every step, then the final one on the whole split
+    assert [s for s, _ in result.history] == [*range(1, result.steps + 1), result.steps]
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [({"max_seconds": 0}, "train.max_seconds=0"), ({"max_seconds": -5}, "train.max_seconds=-5"),
+     ({"max_seconds": float("inf")}, "train.max_seconds=inf"), ({"max_steps": 0}, "train.max_steps=0"),
+     ({"max_tokens": -1}, "train.max_tokens=-1"), ({"lr": float("nan")}, "train.lr=nan")],
+)
+def test_budgets_and_rates_must_be_positive(changes, key) -> None:
+    from llmnas.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=key.replace(".", r"\.")):
+        TrainConfig(**{"max_steps": 10, **changes})
 
 
 def test_gradient_accumulation_needs_a_matching_accelerator(data) -> None:
