@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from llmnas.data import DataConfig
 from llmnas.errors import DataError, LlmnasError, RecipeError
-from llmnas.space import read_yaml
+from llmnas.space import SPACES_DIR, read_yaml_mapping, resolve_space_path
+from llmnas.space.yaml_io import parse_value, yaml_type
+from llmnas.space.yaml_space import CONSTRAINT_KEYS
 from llmnas.train import TrainConfig
 
 OBJECTIVES = {
@@ -68,12 +70,13 @@ class SearchConfig:
     n_trials: int = 20
     """Trials the study should hold when done; re-running the command resumes up to this number."""
     timeout: float | None = None
-    """Stop starting new trials after this many seconds of this run."""
+    """Stop starting new trials after this many seconds of this run (positive, or ``None``: no limit)."""
     objectives: tuple[str, ...] = ("val_loss",)
     """What is minimised: ``val_loss`` or ``bits_per_byte`` first, then optionally ``params``,
     ``active_params``, ``non_embedding_params``, ``flops_per_token``, ``kv_cache_bytes_per_token``."""
     constraints: dict[str, int] = field(default_factory=dict)
-    """Hard limits added to the space's own (``max_params``, ``min_params``, ``max_active_params``, ...)."""
+    """Hard limits added to the space's own (``max_params``, ``min_params``, ``max_active_params``, ...);
+    positive integers (``8e5`` is read as 800000)."""
     constraint_mode: str = "reject"
     """``reject``: an architecture over a limit is not trained (the trial ends PRUNED, with the reason
     recorded); ``sampler``: it is trained and the limits go to the sampler as Optuna trial constraints
@@ -82,7 +85,7 @@ class SearchConfig:
     storage: str | None = None
     """Optuna storage URL; default a SQLite file ``<run_dir>/study.db``."""
     seed: int = 0
-    """Seed of the sampler."""
+    """Seed of the sampler (a non-negative integer)."""
     top_k: int = 5
     """Rows of the summary table at the end."""
     save_checkpoints: bool = False
@@ -90,9 +93,10 @@ class SearchConfig:
     workers: int = 1
     """Worker processes sharing the study on this machine (each trains its own trials)."""
     heartbeat_seconds: int = 30
-    """How often a running trial tells an RDB storage it is alive."""
+    """How often a running trial tells an RDB storage it is alive (a positive number of seconds)."""
     grace_seconds: int = 120
-    """A running trial silent this long is failed (its worker was killed) when the study next starts a trial."""
+    """A running trial silent this long is failed (its worker was killed) when the study next starts a trial;
+    must be greater than ``heartbeat_seconds``, since a live worker is silent for up to one interval."""
 
     @property
     def directions(self) -> list[str]:
@@ -136,6 +140,7 @@ RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def resolve_recipe_path(name: str | Path) -> Path:
+    """A path as given, or the name of a shipped recipe (``quickstart`` -> ``recipes/quickstart.yaml``)."""
     path = Path(name)
     if path.exists() or path.suffix in (".yaml", ".yml") or "/" in str(name):
         return path
@@ -144,60 +149,72 @@ def resolve_recipe_path(name: str | Path) -> Path:
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read, override and validate a recipe; every problem names the file and the key."""
-    path = resolve_recipe_path(path)
-    data = read_yaml(path, error=RecipeError)
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: expected a mapping of keys at the top, got {type(data).__name__}")
+    name, path = path, resolve_recipe_path(path)
+    if path.parent == RECIPES_DIR and not path.exists() and str(name) == path.stem:
+        shipped = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+        raise RecipeError(f"recipe {name!r}: no such file, and not a shipped recipe (shipped: {shipped})")
+    data = read_yaml_mapping(path, error=RecipeError)
     data = apply_overrides(data, overrides, str(path))
     return recipe_from_dict(data, str(path))
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str) -> dict[str, Any]:
-    """``key.sub=value`` pairs set values by dotted path; the value is read as YAML (``1e-3``, ``[a, b]``)."""
+    """``key.sub=value`` pairs set values by dotted path; the value is read as YAML (``1e-3``, ``[a, b]``).
+
+    ``search.sampler=NAME`` naming another sampler than the file's also drops the file's
+    ``search.sampler_options`` (they are the other sampler's); ``--set search.sampler_options.KEY=...``
+    gives the new sampler its own.
+    """
     data = copy.deepcopy(data)
+    search = data.get("search")
+    keys = [item.partition("=")[0].strip() for item in overrides]
+    if isinstance(search, dict) and "search.sampler" in keys:
+        new = parse_value(overrides[keys.index("search.sampler")].partition("=")[2])
+        if new != search.get("sampler"):
+            search.pop("sampler_options", None)
     for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. train.max_steps=100")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        node = data
+        key, sep, raw = item.partition("=")
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        if not sep or not all(parts):
+            raise RecipeError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. train.max_steps=100")
+        node = data
+        for i, part in enumerate(parts[:-1]):
             if node.get(part) is None:
                 node[part] = {}
             node = node[part]
             if not isinstance(node, dict):
-                raise RecipeError(f"--set {item!r}: {part!r} in {source} is not a mapping")
-        node[parts[-1]] = value
+                where = ".".join(parts[: i + 1])
+                raise RecipeError(f"--set {item!r}: {where} in {source} is {yaml_type(node)}, not a mapping of keys")
+        node[parts[-1]] = parse_value(raw)
     return data
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    """Validate a parsed recipe; every problem raises :class:`RecipeError` naming ``source`` and the dotted key."""
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise RecipeError(f"{source}: unknown key {unknown[0]!r} (allowed: {', '.join(TOP_KEYS)})")
     for key in ("study", "space", "data", "train"):
         if key not in data:
             raise RecipeError(f"{source}: {key}: missing (required)")
-    for key in ("study", "space"):
-        if not isinstance(data[key], str) or not data[key]:
-            raise RecipeError(f"{source}: {key}: {data[key]!r} must be a non-empty string")
-    try:
-        data_cfg = DataConfig.from_dict(_mapping(data, "data", source), where=f"{source}: data")
-    except DataError as e:
-        raise RecipeError(str(e)) from None
-    train = _dataclass(TrainConfig, _mapping(data, "train", source), f"{source}: train")
+    for key in ("study", "space", "run_dir"):
+        if key in data and (not isinstance(data[key], str) or not data[key]):
+            raise RecipeError(f"{source}: {key}={data[key]!r}: must be a non-empty string")
+    if not isinstance(data.get("description", ""), str):
+        raise RecipeError(f"{source}: description={data['description']!r}: must be a string")
+    _check_study_name(data["study"], source)
+    _check_space(data["space"], source)
+    data_cfg = _data(_mapping(data, "data", source), source)
+    train = _dataclass(TrainConfig, _mapping(data, "train", source), source, "train")
     retrain = None
     if data.get("retrain") is not None:
         overrides = _mapping(data, "retrain", source)
         base = dataclasses.asdict(train)
         if BUDGET_KEYS & overrides.keys():  # a retrain budget replaces the per-trial budget entirely
             base.update(dict.fromkeys(BUDGET_KEYS))
-        retrain = _dataclass(TrainConfig, {**base, **overrides}, f"{source}: retrain")
-    search = _search(_mapping(data, "search", source, required=False), f"{source}: search")
+        _dataclass(TrainConfig, overrides, source, "retrain", build=False)  # names retrain's own keys
+        retrain = _dataclass(TrainConfig, {**base, **overrides}, source, "retrain")
+    search = _search(_mapping(data, "search", source, required=False), source)
     return Recipe(
         study=data["study"],
         space=data["space"],
@@ -211,37 +228,84 @@ def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
     )
 
 
+def _check_study_name(study: str, source: str) -> None:
+    if "/" in study or "\\" in study or study in (".", ".."):
+        raise RecipeError(
+            f"{source}: study={study!r}: must be a name, not a path (it names the folder <run_dir>/<study>)"
+        )
+
+
+def _check_space(space: str, source: str) -> None:
+    path = resolve_space_path(space)
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+        what = "is a directory" if path.is_dir() else "no such file"
+        raise RecipeError(f"{source}: space={space!r}: {what} (give a space YAML file or a shipped space: {shipped})")
+
+
 def _mapping(data: dict, key: str, source: str, required: bool = True) -> dict[str, Any]:
     value = data.get(key)
     if value is None and not required:
         return {}
     if not isinstance(value, dict):
-        raise RecipeError(f"{source}: {key}: must be a mapping, got {value!r}")
+        raise RecipeError(f"{source}: {key}: must be a mapping of keys, got {yaml_type(value)} ({value!r})")
     return value
 
 
-def _dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Build a dataclass from a mapping: unknown keys and wrong types name ``where`` and the key."""
+def _dataclass(cls: type, values: dict[str, Any], source: str, section: str, build: bool = True) -> Any:
+    """Build a dataclass from a mapping; every problem names ``source`` and the key ``section.<field>``.
+
+    Unknown keys, missing required keys, wrong types and non-finite numbers are found here; the
+    dataclass's own checks (ranges) raise :class:`LlmnasError` in its constructor, whose message is
+    given the section's name. With ``build=False`` only the keys and types are checked, and the
+    checked values are returned (ints given as floats, ``5e7``, made ints).
+    """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in values:
         if key not in fields:
-            raise RecipeError(f"{where}.{key}: unknown key (allowed: {', '.join(fields)})")
-    clean = {}
-    for key, value in values.items():
-        kinds = {k.strip() for k in str(fields[key].type).split("|")}
-        if value is None:
-            if "None" not in kinds:
-                raise RecipeError(f"{where}.{key}: null is not allowed")
-        elif "float" in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif not any(_is(value, k) for k in kinds - {"None"}):
-            wanted = " or ".join(sorted(kinds)).replace("None", "null")
-            raise RecipeError(f"{where}.{key}: {value!r} must be {wanted}")
-        clean[key] = value
+            raise RecipeError(f"{source}: {section}.{key}: unknown key (allowed: {', '.join(fields)})")
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in values:
+            raise RecipeError(f"{source}: {section}.{name}: missing (required)")
+    clean = {key: _typed(value, str(fields[key].type), source, f"{section}.{key}") for key, value in values.items()}
+    if not build:
+        return clean
     try:
         return cls(**clean)
     except LlmnasError as e:
-        raise RecipeError(f"{where}: {str(e).split(': ', 1)[-1]}") from None
+        raise RecipeError(f"{source}: {_in_section(str(e), section)}") from None
+
+
+def _typed(value: Any, annotation: str, source: str, key: str) -> Any:
+    """``value`` checked against a field's annotation (``int | None``, ``float``, ``dict[str, Any]``, ...)."""
+    kinds = {k.strip() for k in annotation.split("|")}
+    words = {"None": "null", "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+    wanted = " or ".join(
+        sorted(words.get(k, "a mapping" if k.startswith("dict") else "a list" if k.startswith("tuple") else k)
+               for k in kinds)
+    )
+    if value is None:
+        if "None" not in kinds:
+            raise RecipeError(f"{source}: {key}=null: not allowed (must be {wanted})")
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecipeError(f"{source}: {key}={value!r}: must be a finite number")
+    if "float" in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if "int" in kinds and isinstance(value, float) and value.is_integer():
+        return int(value)  # 5e7 tokens reads as a float
+    if not any(_is(value, k) for k in kinds - {"None"}):
+        raise RecipeError(f"{source}: {key}={value!r}: must be {wanted}")
+    return value
+
+
+def _in_section(message: str, section: str) -> str:
+    """A config's own message (``train.lr=...: ...``, ``train: ...``) with its key placed under ``section``."""
+    head = re.match(r"(train|data)(?=[.:])", message)
+    if head:  # every key of that config in the message: "train.lr=0, train.min_lr=1: ..."
+        return re.sub(rf"\b{head.group(1)}(?=[.:])", section, message)
+    return f"{section}: {message}"
 
 
 def _is(value: Any, kind: str) -> bool:
@@ -252,40 +316,113 @@ def _is(value: Any, kind: str) -> bool:
         return isinstance(value, dict)
     if kind.startswith("tuple"):
         return isinstance(value, (tuple, list))
-    return True  # nested dataclasses are checked by their own constructor
+    return True  # nested dataclasses and Literal[...] are checked by their own constructor
 
 
-def _search(values: dict[str, Any], where: str) -> SearchConfig:
+def _data(values: dict[str, Any], source: str) -> DataConfig:
+    """The data section; DataConfig's problems (``invalid data config: a=1: ...; b=2: ...``) each get ``data.``."""
+    values = _dataclass(DataConfig, values, source, "data", build=False)
+    try:
+        return DataConfig.from_dict(values, where="data")
+    except DataError as e:
+        text = str(e).removeprefix("data: ").removeprefix("invalid data config: ")
+        parts = [p if p.startswith("data") else f"data.{p}" for p in text.split("; ")]
+        raise RecipeError(f"{source}: " + "; ".join(parts)) from None
+
+
+def _search(values: dict[str, Any], source: str) -> SearchConfig:
     values = dict(values)
     pruner = values.pop("pruner", None)
     if isinstance(pruner, str):
         pruner = {"kind": pruner}
-    pruner_cfg = _dataclass(PrunerConfig, pruner or {}, f"{where}.pruner")
+    if pruner is not None and not isinstance(pruner, dict):
+        raise RecipeError(f"{source}: search.pruner={pruner!r}: must be a pruner name or a mapping (kind, options)")
+    pruner_cfg = _dataclass(PrunerConfig, pruner or {}, source, "search.pruner")
     if pruner_cfg.kind not in PRUNERS:
-        raise RecipeError(f"{where}.pruner.kind: {pruner_cfg.kind!r} is not allowed (allowed: {', '.join(PRUNERS)})")
-    objectives = values.get("objectives", ["val_loss"])
+        raise RecipeError(
+            f"{source}: search.pruner.kind={pruner_cfg.kind!r}: not allowed (allowed: {', '.join(PRUNERS)})"
+        )
+    values["objectives"] = _objectives(values.get("objectives", ["val_loss"]), source)
+    cfg = _dataclass(SearchConfig, values, source, "search")
+    if cfg.constraint_mode not in CONSTRAINT_MODES:
+        raise RecipeError(
+            f"{source}: search.constraint_mode={cfg.constraint_mode!r}: not allowed "
+            f"(allowed: {', '.join(CONSTRAINT_MODES)})"
+        )
+    if len(cfg.objectives) > 1 and pruner_cfg.kind != "none":
+        raise RecipeError(
+            f"{source}: search.pruner.kind={pruner_cfg.kind!r}: Optuna cannot prune multi-objective studies; "
+            "use pruner: none"
+        )
+    _check_search_numbers(cfg, source)
+    _check_sampler(cfg, source)
+    constraints = _constraints(cfg.constraints, source)
+    return dataclasses.replace(cfg, pruner=pruner_cfg, constraints=constraints)
+
+
+def _objectives(objectives: Any, source: str) -> tuple[str, ...]:
+    allowed = ", ".join(OBJECTIVES)
     if isinstance(objectives, str):
         objectives = [objectives]
     if not isinstance(objectives, list) or not objectives:
-        raise RecipeError(f"{where}.objectives: must be a non-empty list (allowed: {', '.join(OBJECTIVES)})")
+        raise RecipeError(f"{source}: search.objectives={objectives!r}: must be a non-empty list (allowed: {allowed})")
     for o in objectives:
         if o not in OBJECTIVES:
-            raise RecipeError(f"{where}.objectives: {o!r} is not allowed (allowed: {', '.join(OBJECTIVES)})")
+            raise RecipeError(f"{source}: search.objectives: {o!r} is not allowed (allowed: {allowed})")
     if objectives[0] not in QUALITY or len(set(objectives)) != len(objectives):
         raise RecipeError(
-            f"{where}.objectives: {objectives}: the first objective must be val_loss or bits_per_byte, "
+            f"{source}: search.objectives={objectives}: the first objective must be val_loss or bits_per_byte, "
             "and none may repeat"
         )
-    values["objectives"] = tuple(objectives)
-    cfg = _dataclass(SearchConfig, values, where)
-    if cfg.constraint_mode not in CONSTRAINT_MODES:
+    return tuple(objectives)
+
+
+def _check_search_numbers(cfg: SearchConfig, source: str) -> None:
+    for key in ("n_trials", "workers", "top_k", "heartbeat_seconds", "grace_seconds"):
+        value = getattr(cfg, key)
+        if value < 1:
+            raise RecipeError(f"{source}: search.{key}={value!r}: must be a positive integer")
+    if cfg.grace_seconds <= cfg.heartbeat_seconds:
         raise RecipeError(
-            f"{where}.constraint_mode: {cfg.constraint_mode!r} is not allowed (allowed: {', '.join(CONSTRAINT_MODES)})"
+            f"{source}: search.grace_seconds={cfg.grace_seconds}: must be greater than "
+            f"search.heartbeat_seconds={cfg.heartbeat_seconds} (a live worker is silent for up to one heartbeat "
+            "interval; Optuna's default grace is twice the interval)"
         )
-    if len(objectives) > 1 and pruner_cfg.kind != "none":
-        raise RecipeError(f"{where}.pruner: Optuna cannot prune multi-objective studies; use pruner: none")
-    if cfg.n_trials < 1 or cfg.workers < 1 or cfg.top_k < 1:
-        raise RecipeError(f"{where}: n_trials, workers and top_k must be positive")
-    if not isinstance(cfg.constraints, dict):
-        raise RecipeError(f"{where}.constraints: must be a mapping of limits")
-    return dataclasses.replace(cfg, pruner=pruner_cfg)
+    if cfg.timeout is not None and cfg.timeout <= 0:
+        raise RecipeError(f"{source}: search.timeout={cfg.timeout!r}: must be a positive number of seconds or null")
+    if cfg.seed < 0:
+        raise RecipeError(f"{source}: search.seed={cfg.seed}: must be a non-negative integer")
+    if cfg.storage is not None and not cfg.storage.strip():
+        raise RecipeError(f"{source}: search.storage={cfg.storage!r}: must be an Optuna storage URL or null")
+
+
+def _check_sampler(cfg: SearchConfig, source: str) -> None:
+    from llmnas.samplers.factory import SAMPLERS, sampler_options
+
+    if cfg.sampler not in SAMPLERS:
+        raise RecipeError(f"{source}: search.sampler={cfg.sampler!r}: not allowed (allowed: {', '.join(SAMPLERS)})")
+    allowed = sampler_options(cfg.sampler)
+    for key in cfg.sampler_options:
+        if key not in allowed:
+            raise RecipeError(
+                f"{source}: search.sampler_options.{key}: sampler {cfg.sampler!r} has no such option "
+                f"(allowed: {', '.join(allowed) or 'none'})"
+            )
+
+
+def _constraints(values: dict[str, Any], source: str) -> dict[str, int]:
+    out = {}
+    for key, value in values.items():
+        if key not in CONSTRAINT_KEYS:
+            allowed = ", ".join(CONSTRAINT_KEYS)
+            raise RecipeError(f"{source}: search.constraints.{key}: unknown key (allowed: {allowed})")
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 8e5 reads as a float
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RecipeError(f"{source}: search.constraints.{key}={value!r}: must be a positive integer")
+        out[key] = value
+    if out.get("min_params", 0) > out.get("max_params", math.inf):
+        raise RecipeError(
+            f"{source}: search.constraints.min_params={out['min_params']}: must be <= max_params={out['max_params']}"
+        )
+    return out
