@@ -8,6 +8,8 @@ with status 2.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class LlmnasError(Exception):
     """Base class of errors caused by user input; the message is meant to be shown as is."""
@@ -40,3 +42,15 @@ class DataError(LlmnasError):
 
 class ExportError(LlmnasError):
     """Export failed (e.g. logits parity was not reached)."""
+
+
+class OutputError(LlmnasError):
+    """An output path cannot be written: a parent folder is a file, or the path is of the wrong kind."""
+
+
+def blocking_file(path: str | Path) -> Path | None:
+    """The first parent of ``path`` that exists but is not a folder (so ``path`` cannot be created), if any."""
+    for parent in reversed(Path(path).parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None

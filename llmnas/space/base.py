@@ -19,6 +19,8 @@ import numpy as np
 import optuna
 from optuna.distributions import CategoricalChoiceType, CategoricalDistribution
 
+from llmnas.errors import SpaceError
+
 C = TypeVar("C")
 Params = dict[str, CategoricalChoiceType]
 RngLike = np.random.Generator | int | None
@@ -64,6 +66,11 @@ class CategoricalSpace(ABC, Generic[C]):
         """Whether the candidate meets the space's hard constraints (always, unless refined)."""
         return True
 
+    def check_feasible(self) -> C | None:
+        """Raise :class:`~llmnas.errors.SpaceError` if no candidate meets the hard constraints; else return
+        one that does (``None`` when there are no constraints). Spaces with constraints refine it."""
+        return None
+
     # ------------------------------------------------------------------ derived
     def distributions(self) -> dict[str, CategoricalDistribution]:
         return {name: CategoricalDistribution(list(ch)) for name, ch in self.choices().items()}
@@ -81,7 +88,10 @@ class CategoricalSpace(ABC, Generic[C]):
             params = {name: ch[int(rng.integers(len(ch)))] for name, ch in choices.items()}
             if self.is_feasible(params):
                 return params
-        raise RuntimeError(f"{self.name}: no feasible candidate found in {self.max_tries} random draws")
+        raise SpaceError(
+            f"{self.name}: no candidate meeting the constraints found in {self.max_tries} random draws "
+            "(loosen the constraints)"
+        )
 
     def sample(self, rng: RngLike = None) -> C:
         return self.decode(self.sample_params(rng))

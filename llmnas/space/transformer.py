@@ -46,7 +46,8 @@ from llmnas.space.arch import (
     DenseFFN,
     MoEFFN,
 )
-from llmnas.space.base import CategoricalSpace, Params
+from llmnas.space.base import CategoricalSpace, Params, RngLike, as_rng
+from llmnas.space.feasibility import Feasibility, explain, feasibility
 
 GLOBAL_KEYS = ("d_model", "n_layers", "norm", "norm_eps", "pos", "rope_base", "tie_embeddings")
 LAYER_KEYS = (
@@ -147,9 +148,11 @@ class TransformerSpace(CategoricalSpace[Architecture]):
         uniform: tuple[str, ...] = (),
         constraints: Constraints = Constraints(),
         description: str = "",
+        source: str = "",
     ) -> None:
         self.name = name
         self.description = description
+        self.source = source  # the YAML file, named in errors
         self.vocab_size = vocab_size
         self.max_seq_len = max_seq_len
         self.global_choices = global_choices
@@ -158,6 +161,7 @@ class TransformerSpace(CategoricalSpace[Architecture]):
         self.constraints = constraints
         self.max_layers = max(global_choices["n_layers"])  # type: ignore[type-var]
         self._choices = self._build_choices()
+        self._feasibility: Feasibility | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -177,6 +181,7 @@ class TransformerSpace(CategoricalSpace[Architecture]):
             uniform=self.uniform,
             constraints=self.constraints,
             description=self.description,
+            source=self.source,
         )
         return TransformerSpace(**{**values, **changes})
 
@@ -260,6 +265,45 @@ class TransformerSpace(CategoricalSpace[Architecture]):
 
     def is_feasible(self, params: Params) -> bool:
         return not self.constraints.violations(self.decode(params))
+
+    # ------------------------------------------------------------------ feasibility of the constraints
+    def feasibility(self) -> Feasibility:
+        """Exact ranges of the constrained quantities and an architecture that meets every limit, if any
+        (see :mod:`llmnas.space.feasibility`); computed once per space object."""
+        if self._feasibility is None:
+            self._feasibility = feasibility(self)
+        return self._feasibility
+
+    def check_feasible(self) -> Architecture | None:
+        """Raise :class:`SpaceError` if no architecture of the space meets its constraints.
+
+        Call it once the constraints are final (after :meth:`with_constraints`, :meth:`with_vocab_size`
+        and :meth:`with_max_seq_len`): the message names the limit that cannot be met and the range the
+        space spans. Returns an architecture that meets them (``None`` when the space has no limits).
+        """
+        if not self.constraints.limits():
+            return None
+        result = self.feasibility()
+        if result.witness is None:
+            raise explain(self, result, self.source or f"space {self.name!r}")
+        return result.witness
+
+    def sample_params(self, rng: RngLike = None) -> Params:
+        """Uniformly random decisions whose architecture meets the constraints.
+
+        When the limits leave too small a share of the space for random draws to hit, the decisions of
+        :meth:`check_feasible`'s architecture are returned instead (not random, but feasible); when no
+        architecture meets them, :class:`SpaceError` says why.
+        """
+        rng = as_rng(rng)
+        choices = self.choices()
+        for _ in range(self.max_tries):
+            params = {name: ch[int(rng.integers(len(ch)))] for name, ch in choices.items()}
+            if self.is_feasible(params):
+                return params
+        witness = self.check_feasible()
+        assert witness is not None  # the draws only fail under limits
+        return self.encode(witness)
 
     def active(self, params: Params) -> list[str]:
         """Decisions whose value matters: globals, and per-layer ones of layers below the depth that
@@ -393,12 +437,14 @@ class TransformerSpace(CategoricalSpace[Architecture]):
             uni_sets = []
             for u in itertools.product(*(lc[k] for k in self.uniform)):
                 fixed = dict(zip(self.uniform, u, strict=True))
-                uni_sets.append(self._block_sets(g["d_model"], fixed))
+                uni_sets.append(self.block_sets(g["d_model"], fixed))
             for n in self.global_choices["n_layers"]:
                 total += _union_of_powers(uni_sets, int(n))  # type: ignore[arg-type]
         return total
 
-    def _block_sets(self, d_model: int, fixed: dict[str, Any]) -> tuple[frozenset, frozenset]:
+    def block_sets(self, d_model: int, fixed: dict[str, Any]) -> tuple[frozenset, frozenset]:
+        """The distinct attentions and FFNs one layer may have at width ``d_model``, with the per-layer keys
+        in ``fixed`` held at the given values (each layer picks one of each, independently)."""
         lc = {k: ((fixed[k],) if k in fixed else v) for k, v in self.layer_choices.items()}
         attn = set()
         for h, r, hd, kind in itertools.product(

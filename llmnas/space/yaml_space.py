@@ -144,6 +144,7 @@ class SpaceParser:
             uniform=tuple(uniform),
             constraints=constraints,
             description=description,
+            source=self.source,
         )
         self.check_every_block_builds(space)
         return space
@@ -310,7 +311,7 @@ class SpaceParser:
         """Every per-layer combination must give a valid layer at every width and positional scheme."""
         for d in space.global_choices["d_model"]:
             for pos in space.global_choices["pos"]:
-                attn, ffn = space._block_sets(d, {})  # noqa: SLF001
+                attn, ffn = space.block_sets(d, {})
                 block = BlockSpec(next(iter(attn)), next(iter(ffn)))
                 for a in attn:
                     self.try_build(space, d, pos, BlockSpec(a, block.ffn))
