@@ -56,13 +56,14 @@ def run(args: argparse.Namespace) -> int:
     from llmnas.export.tokenizer import resolve_tokenizer
     from llmnas.space.arch import Architecture
 
+    _check_args(args)
     state_dict, tokenizer = None, None
     if args.trial is not None:
         arch, weights = _trial(args)
     else:
         arch, weights = Architecture.load(args.arch), args.weights
     if weights is not None:
-        state_dict, tokenizer = load_weights(weights, arch)
+        state_dict, tokenizer = load_weights(weights, arch, with_tokenizer=args.tokenizer is None)
     if args.tokenizer is not None:
         tokenizer = resolve_tokenizer(args.tokenizer)
     report = export_model(
@@ -79,6 +80,36 @@ def run(args: argparse.Namespace) -> int:
     remote = ", trust_remote_code=True" if report.remote_code else ""
     print(f"load it: AutoModelForCausalLM.from_pretrained({str(report.path)!r}{remote})")
     return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse what cannot work before anything is read, created or written."""
+    from llmnas.errors import ExportError, OutputError, blocking_file
+
+    if args.seed < 0:
+        raise ExportError(f"--seed {args.seed}: must be a non-negative integer")
+    blocker = blocking_file(args.out)
+    if blocker is not None:
+        raise OutputError(f"--out {args.out}: cannot be created, {blocker} is a file, not a folder")
+    if args.trial is None and args.study is not None:
+        raise ExportError(f"--study {args.study}: only means something with --trial")
+    if args.trial is not None:
+        _check_storage(args.arch)
+    if args.weights is not None and not args.weights.exists():
+        raise ExportError(f"--weights {args.weights}: no such checkpoint folder or .safetensors file")
+
+
+def _check_storage(location: str) -> None:
+    """A SQLite study that does not exist is an error: opening it would create an empty database."""
+    from llmnas.errors import ExportError
+
+    if location.startswith("sqlite:///"):
+        path = Path(location.removeprefix("sqlite:///"))
+        if not path.is_file():
+            what = "is a folder, not a SQLite file" if path.is_dir() else "no such file"
+            raise ExportError(f"{location}: {what} (export reads an existing study; it never creates one)")
+    elif "://" not in location and Path(location).suffix == ".db" and not Path(location).is_file():
+        raise ExportError(f"{location}: no such study file")
 
 
 def _trial(args: argparse.Namespace) -> tuple[Any, Path]:

@@ -129,12 +129,15 @@ def hf_tokenizer(name_or_path: str, *, local_files_only: bool = False) -> PreTra
     looks_local = name_or_path.startswith((".", "/", "~")) or path.exists()
     if looks_local and not path.exists():
         raise DataError(f"tokenizer path {name_or_path!r} does not exist")
+    if looks_local and not path.is_dir():
+        raise DataError(f"tokenizer path {name_or_path!r} is a file; give the directory holding tokenizer.json")
     try:
         tok = AutoTokenizer.from_pretrained(str(path) if looks_local else name_or_path,
                                             local_files_only=local_files_only)
-    except (OSError, ValueError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001 - corrupt files raise anything (JSONDecodeError, KeyError, Exception)
         if looks_local:
-            raise DataError(f"tokenizer directory {name_or_path!r} could not be loaded: {e}") from e
+            cause = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+            raise DataError(f"tokenizer directory {name_or_path!r} could not be loaded ({cause})") from e
         raise DataError(
             f"tokenizer {name_or_path!r} could not be loaded: it is not a local path, so it is downloaded "
             "from the Hugging Face Hub (unless already in the HF cache) and the machine must be online and "

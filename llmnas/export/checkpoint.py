@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from llmnas.errors import ArchitectureError, LlmnasError
+from llmnas.errors import ArchitectureError, DataError, LlmnasError
 from llmnas.space.arch import Architecture
 
 if TYPE_CHECKING:
@@ -56,12 +56,16 @@ def save_checkpoint(model: nn.Module, directory: str | Path, tokenizer: Any | No
     return directory
 
 
-def load_checkpoint(directory: str | Path) -> tuple[Architecture, dict[str, torch.Tensor], Any | None]:
+def load_checkpoint(
+    directory: str | Path, *, with_tokenizer: bool = True
+) -> tuple[Architecture, dict[str, torch.Tensor], Any | None]:
     """Read a checkpoint directory: ``(arch, state_dict, tokenizer or None)``.
 
+    ``with_tokenizer=False`` leaves the checkpoint's tokenizer unread (``None``), e.g. when another is given.
+
     Raises:
-        CheckpointError: the directory or one of its files is missing or unreadable, or the weights do
-            not fit the architecture.
+        CheckpointError: the directory or one of its files (architecture, weights, tokenizer) is missing
+            or unreadable, or the weights do not fit the architecture.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -76,25 +80,28 @@ def load_checkpoint(directory: str | Path) -> tuple[Architecture, dict[str, torc
     state_dict = read_state_dict(directory / WEIGHTS_FILE)
     check_state_dict(arch, state_dict, str(directory / WEIGHTS_FILE))
     tokenizer = None
-    if (directory / TOKENIZER_DIR).is_dir():
-        from transformers import AutoTokenizer
+    if with_tokenizer and (directory / TOKENIZER_DIR).is_dir():
+        from llmnas.data.tokenizers import hf_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(directory / TOKENIZER_DIR))
+        try:
+            tokenizer = hf_tokenizer(str(directory / TOKENIZER_DIR), local_files_only=True)
+        except DataError as e:
+            raise CheckpointError(f"{e}; give another tokenizer with --tokenizer") from None
     return arch, state_dict, tokenizer
 
 
 def load_weights(
-    path: str | Path, arch: Architecture
+    path: str | Path, arch: Architecture, *, with_tokenizer: bool = True
 ) -> tuple[dict[str, torch.Tensor], Any | None]:
     """Decoder weights for ``arch`` from a checkpoint directory or a bare ``.safetensors`` file.
 
-    Returns ``(state_dict, tokenizer or None)``. A checkpoint directory must have been written for the
-    same architecture (same id): equal shapes are not enough, since e.g. the window or the positional
-    scheme changes the maths but no shape.
+    Returns ``(state_dict, tokenizer or None)``; ``with_tokenizer=False`` leaves a checkpoint's tokenizer
+    unread. A checkpoint directory must have been written for the same architecture (same id): equal
+    shapes are not enough, since e.g. the window or the positional scheme changes the maths but no shape.
     """
     path = Path(path)
     if path.is_dir():
-        ckpt_arch, state_dict, tokenizer = load_checkpoint(path)
+        ckpt_arch, state_dict, tokenizer = load_checkpoint(path, with_tokenizer=with_tokenizer)
         if ckpt_arch.id != arch.id:
             raise CheckpointError(
                 f"checkpoint {path} holds architecture {ckpt_arch.id}, not {arch.id}: "

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from llmnas.errors import ExportError
+from llmnas.errors import ExportError, blocking_file
 from llmnas.export import targets
 from llmnas.export.targets import SpecialTokens, Target
 from llmnas.space.arch import Architecture
@@ -114,6 +114,9 @@ def export_model(
     from llmnas.export.checkpoint import check_state_dict
 
     out = Path(out_dir)
+    blocker = blocking_file(out)
+    if blocker is not None:
+        raise ExportError(f"output {out} cannot be created: {blocker} is a file, not a folder")
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"output {out} already exists (choose another --out or pass --overwrite)")
     save_dtype = _dtype(dtype)

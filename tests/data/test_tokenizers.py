@@ -142,6 +142,15 @@ def test_hf_tokenizer_errors(tmp_path):
     assert "no-such-org/no-such-tokenizer" in str(err.value)
 
 
+def test_a_corrupt_local_tokenizer_is_a_data_error(tmp_path):
+    byte_tokenizer().save_pretrained(tmp_path / "tok")
+    with pytest.raises(DataError, match="is a file; give the directory"):
+        hf_tokenizer(str(tmp_path / "tok" / "tokenizer.json"))
+    (tmp_path / "tok" / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": 5}}')
+    with pytest.raises(DataError, match=r"tokenizer directory '.*tok' could not be loaded \(\w+"):
+        hf_tokenizer(str(tmp_path / "tok"))
+
+
 FRESH = textwrap.dedent("""
     import json, sys
     from transformers import AutoTokenizer

@@ -76,3 +76,30 @@ def test_errors(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "other")
     with pytest.raises(TypeError, match="expected an llmnas Decoder"):
         save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "x")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "cause"),
+    [
+        ("tokenizer.json", b'{"version": ', "JSONDecodeError"),
+        ("tokenizer.json", b"{}", "KeyError"),
+        ("tokenizer.json", b"", "JSONDecodeError"),
+        ("tokenizer_config.json", b"\xff\xfe", "UnicodeDecodeError"),
+    ],
+)
+def test_a_corrupt_tokenizer_names_the_checkpoint(tmp_path: Path, name: str, content: bytes, cause: str) -> None:
+    arch = make_arch()
+    save_checkpoint(Decoder(arch), tmp_path / "ckpt", tokenizer=char_tokenizer("to be or not"))
+    (tmp_path / "ckpt" / "tokenizer" / name).write_bytes(content)
+    with pytest.raises(CheckpointError, match=f"tokenizer directory '.*ckpt/tokenizer' could not be loaded \\({cause}"):
+        load_checkpoint(tmp_path / "ckpt")
+    _, state, tok = load_checkpoint(tmp_path / "ckpt", with_tokenizer=False)  # weights still readable
+    assert tok is None and state
+    assert load_weights(tmp_path / "ckpt", arch, with_tokenizer=False)[1] is None
+
+
+def test_an_unreadable_architecture_file_in_a_checkpoint(tmp_path: Path) -> None:
+    save_checkpoint(Decoder(make_arch()), tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "arch.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(CheckpointError, match="ckpt/arch.json: not UTF-8 text"):
+        load_checkpoint(tmp_path / "ckpt")

@@ -93,7 +93,9 @@ def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         ((tmp_path / "broken.json",), "not valid JSON"),
         ((good, "--weights", tmp_path / "wide" / "model.safetensors"), "weights do not match architecture"),
         ((good, "--weights", tmp_path / "alibi"), "holds architecture"),
-        ((good, "--weights", tmp_path / "nowhere"), "weights file not found"),
+        ((good, "--weights", tmp_path / "nowhere"), "no such checkpoint folder or .safetensors file"),
+        ((good, "--seed", "-1"), "--seed -1: must be a non-negative integer"),
+        ((good, "--study", "s"), "--study s: only means something with --trial"),
         ((good, "--tokenizer", "char:" + str(tmp_path / "no_corpus.txt")), "corpus file"),
         ((tmp_path / "small_vocab.json",), "the tokenizer has 257 tokens but architecture"),
     ]
@@ -104,6 +106,30 @@ def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert "Traceback" not in err and not (tmp_path / "out").exists()
     code, _, err = run(capsys, "export", good, "--out", tmp_path / "taken")
     assert code == 2 and "already exists" in err
+    code, _, err = run(capsys, "export", good, "--out", tmp_path / "taken" / "x" / "model")
+    assert code == 2 and f"--out {tmp_path / 'taken' / 'x' / 'model'}: cannot be created, " in err
+    assert "x is a file, not a folder" in err
+
+
+@pytest.mark.parametrize("location", ["sqlite:///{tmp}/none/study.db", "{tmp}/none/study.db", "sqlite:///{tmp}"])
+def test_a_missing_study_is_not_created(tmp_path: Path, capsys: pytest.CaptureFixture[str], location: str) -> None:
+    before = sorted(tmp_path.rglob("*"))
+    code, _, err = run(capsys, "export", location.format(tmp=tmp_path), "--trial", "best", "--out", tmp_path / "m")
+    assert code == 2 and err.startswith("llmnas: error: ") and "Traceback" not in err
+    assert ("no such" in err or "is a folder" in err) and sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_corrupt_checkpoint_tokenizer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arch = tiny_arch()
+    save_checkpoint(Decoder(arch), tmp_path / "ckpt", tokenizer=char_tokenizer("hello world"))
+    (tmp_path / "ckpt" / "tokenizer" / "tokenizer.json").write_text('{"truncated": ')
+    argv = ("export", tmp_path / "ckpt" / "arch.json", "--weights", tmp_path / "ckpt")
+    code, _, err = run(capsys, *argv, "--out", tmp_path / "m")
+    assert code == 2 and "Traceback" not in err and not (tmp_path / "m").exists()
+    assert f"tokenizer directory '{tmp_path / 'ckpt' / 'tokenizer'}' could not be loaded (JSONDecodeError" in err
+    assert "give another tokenizer with --tokenizer" in err
+    code, _, err = run(capsys, *argv, "--tokenizer", "byte", "--out", tmp_path / "m")  # the way out it names
+    assert code == 0, err
 
 
 def test_export_a_trial_of_a_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
