@@ -67,6 +67,8 @@ def _read_text(path: Path) -> str:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise DataError(f"{path} cannot be read ({e.strerror or e})") from e
 
 
 def _truncate_utf8(text: str, max_bytes: int | None) -> str:
@@ -207,8 +209,9 @@ def saved_dataset_corpus(
     where = f"saved datasets directory {root}"
     try:
         ds = datasets.load_from_disk(str(root))
-    except FileNotFoundError as e:
-        raise DataError(f"{where} could not be loaded: {e}") from e
+    except Exception as e:  # noqa: BLE001 - a damaged folder raises anything (JSONDecodeError, KeyError, ArrowInvalid)
+        cause = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+        raise DataError(f"{where} could not be loaded ({cause}); is it a complete save_to_disk folder?") from e
     ds = _pick_split(ds, split, where)
     text, used = _join(_dataset_docs(ds, text_column, where), separator, max_bytes)
     info = {"kind": "saved_dataset", "path": str(root.resolve()), "split": split, "text_column": text_column,

@@ -122,3 +122,18 @@ def test_saved_dataset_directory(tmp_path):
     assert load_corpus(str(tmp_path / "dd"), text_column="content", dataset_split="validation").text == "alpha"
     with pytest.raises(DataError, match=r"no split 'test'; its splits are \['train', 'validation'\]"):
         load_corpus(str(tmp_path / "dd"), text_column="content", dataset_split="test")
+
+
+@pytest.mark.parametrize(
+    ("damage", "cause"),
+    [
+        (lambda d: (d / "dataset_info.json").write_text("{bad"), "JSONDecodeError"),
+        (lambda d: (d / "state.json").write_text("{}"), "KeyError"),
+        (lambda d: [p.write_bytes(b"garbage") for p in d.glob("*.arrow")], "ArrowInvalid"),
+    ],
+)
+def test_a_damaged_saved_dataset_is_a_data_error(tmp_path, damage, cause):
+    datasets.Dataset.from_dict({"text": ["alpha", "beta"]}).save_to_disk(str(tmp_path / "ds"))
+    damage(tmp_path / "ds")
+    with pytest.raises(DataError, match=rf"saved datasets directory .*ds could not be loaded \({cause}"):
+        load_corpus(str(tmp_path / "ds"))
