@@ -55,7 +55,9 @@ class ThompsonSampler(SpaceSampler):
 
     Args:
         space: the search space (``None`` infers the decisions from the study's trials).
-        n_startup_trials: completed trials sampled at random before the model is used.
+        n_startup_trials: completed trials sampled at random before the model is used (20: the choice of
+            the validation-scored sweep in ``eval/nasbench201/results/ablations/choice.md``, made at 100
+            evaluations; for a budget of a few dozen trials use about a fifth of it).
         noise: noise variance of the regression, in units of the normal scores (variance 1).
         prior: prior variance of each (decision, choice) weight.
         max_expansions: candidates the best-first search may visit before falling back to random.
@@ -68,7 +70,7 @@ class ThompsonSampler(SpaceSampler):
         self,
         *,
         space: CategoricalSpace | None = None,
-        n_startup_trials: int = 10,
+        n_startup_trials: int = 20,
         noise: float = 0.3,
         prior: float = 1.0,
         max_expansions: int = 2000,

@@ -63,3 +63,8 @@ def test_invalid_arguments() -> None:
         ThompsonSampler(n_startup_trials=0)
     with pytest.raises(ValueError, match="positive"):
         ThompsonSampler(noise=0.0)
+
+
+def test_default_startup_is_the_tuning_sweeps_choice() -> None:
+    # eval/nasbench201/results/ablations/choice.md: seeds 1000-1099, validation signal only
+    assert ThompsonSampler().n_startup_trials == 20 and ThompsonSampler().noise == 0.3 and ThompsonSampler().prior == 1
