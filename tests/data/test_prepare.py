@@ -124,7 +124,6 @@ def test_second_load_reads_the_cache(shakespeare_path, tmp_path):
     assert second.from_cache and (entry / "train.npy").stat().st_mtime_ns == stamp
     assert np.array_equal(first.train, second.train) and np.array_equal(first.val, second.val)
     assert second.meta == first.meta and second.tokenizer.chars == first.tokenizer.chars
-    assert second.seconds < 1.0
     # a different block size reuses the tokens; a different tokenizer or corpus does not
     assert prepare_data(DataConfig(source=shakespeare_path, tokenizer="char", block_size=32,
                                    cache_dir=str(tmp_path))).from_cache
