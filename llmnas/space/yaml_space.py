@@ -229,7 +229,10 @@ class SpaceParser:
                 raise self.fail(
                     where, f"{v!r} must be a number" + (" in (0, 1)" if key == "norm_eps" else " >= 0")
                 )
-        elif key in ("rope_base", "ffn_mult", "expert_mult"):
+        elif key == "rope_base":
+            if not is_num(v) or v <= 1:
+                raise self.fail(where, f"{v!r} must be a (finite) number > 1")
+        elif key in ("ffn_mult", "expert_mult"):
             if not is_num(v) or v <= 0:
                 raise self.fail(where, f"{v!r} must be a positive (finite) number")
         elif not is_int(v) or v < 1:
@@ -305,6 +308,10 @@ class SpaceParser:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise self.fail(f"constraints.{key}", f"{v!r} must be a positive integer or null")
             values[key] = v
+        if values.get("min_params", 0) > values.get("max_params", math.inf):
+            raise self.fail(
+                "constraints.min_params", f"{values['min_params']:,} must be <= max_params {values['max_params']:,}"
+            )
         return Constraints(**values)
 
     def check_every_block_builds(self, space: TransformerSpace) -> None:

@@ -205,6 +205,8 @@ def test_with_vocab_and_sequence_length() -> None:
         ("layer: {n_heads: [2], head_dim: [100000]}", "layer.head_dim: 100000 must be 'auto' .* in 1..4096"),
         ("uniform: [activation, activation]", "uniform: .* names a key twice"),
         ("name: ''", "name: must be a non-empty string"),
+        ("rope_base: [1]", "rope_base: 1 must be a \\(finite\\) number > 1"),
+        ("constraints: {min_params: 5, max_params: 3}", "constraints.min_params: 5 must be <= max_params 3"),
     ],
 )
 def test_malformed_spaces_name_file_and_key(tmp_path, text: str, message: str) -> None:
