@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from llmnas.export.targets import SpecialTokens, Target
 from llmnas.space.arch import Architecture
 
 TOLERANCE = 1e-4
+COPIES = 4  # fp32 copies of the weights alive at once during an export
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HF_CODE_DIR = Path(__file__).resolve().parent / "hf_code"
 REMOTE_FILES = ("configuration_llmnas.py", "modeling_llmnas.py")
@@ -120,6 +122,7 @@ def export_model(
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"output {out} already exists (choose another --out or pass --overwrite)")
     save_dtype = _dtype(dtype)
+    check_memory(arch)
     if state_dict is None:
         state_dict = fresh_state_dict(arch, seed)
     check_state_dict(arch, state_dict, "state_dict")
@@ -157,6 +160,31 @@ def export_model(
         custom_reason=reason,
         input_shape=shape,
     )
+
+
+def check_memory(arch: Architecture, available: int | None = None) -> None:
+    """Refuse an export that cannot fit in memory, before any tensor is allocated.
+
+    The export holds the weights about :data:`COPIES` times in fp32 at once (the weights, the transformers
+    model, the reloaded model and the reference Decoder of the parity check).
+    """
+    need = arch.param_counts().total * 4 * COPIES
+    if available is None:
+        available = _available_memory()
+    if available is not None and need > available:
+        raise ExportError(
+            f"architecture {arch.id} has {arch.param_counts().total:,} parameters: exporting it needs about "
+            f"{need / 2**30:,.1f} GiB of memory and this machine has {available / 2**30:,.1f} GiB"
+        )
+
+
+def _available_memory() -> int | None:
+    """Bytes of physical memory of the machine (``None`` where the system does not say). The total, not
+    what is free now: the check refuses only what could never fit."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def fresh_state_dict(arch: Architecture, seed: int) -> dict[str, torch.Tensor]:

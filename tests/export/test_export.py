@@ -355,3 +355,18 @@ def test_fresh_weights_are_seeded_without_touching_the_global_rng() -> None:
 def test_parity_input_crosses_every_window() -> None:
     assert parity_input(arch(block(window=8), block(window=40))).shape == (2, 56)
     assert parity_input(arch(block(), block())).shape == (2, 48)
+
+
+def test_an_export_that_cannot_fit_in_memory_is_refused_before_allocating(tmp_path) -> None:
+    from llmnas.errors import ExportError
+    from llmnas.export.exporter import check_memory
+
+    blocks = (BlockSpec(AttentionSpec(64, 8, 128), DenseFFN(32768, "swiglu")),) * 40
+    huge = Architecture(vocab_size=256_000, d_model=8192, max_seq_len=4096, blocks=blocks)  # 40B parameters
+    with pytest.raises(ExportError, match=r"has 40,349,868,032 parameters: exporting it needs about 601.3 GiB of "
+                                          r"memory and this machine has 64.0 GiB"):
+        check_memory(huge, available=64 * 2**30)
+    check_memory(huge, available=2**40)  # fits in a terabyte
+    with pytest.raises(ExportError, match="needs about"):  # the real machine's memory, and nothing written
+        export_model(huge.replace(d_model=65536, vocab_size=1 << 22), tmp_path / "out")
+    assert not any(tmp_path.iterdir())
