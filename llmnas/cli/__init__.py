@@ -25,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import optuna
+
+    # The command prints its own lines per trial; Optuna's INFO line per trial would repeat them. (A
+    # program that imports llmnas keeps its own logging settings.)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except LlmnasError as e:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import shlex
 from pathlib import Path
 
 
@@ -53,17 +55,25 @@ def _recipe(args: argparse.Namespace):
 
 
 def search(args: argparse.Namespace) -> int:
+    from llmnas.errors import RecipeError
     from llmnas.search import run_search
+    from llmnas.search.progress import next_steps
 
-    recipe = _recipe(args)
     for name in ("n_trials", "workers"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            from llmnas.errors import RecipeError
-
-            raise RecipeError(f"--{name.replace('_', '-')}={value}: must be positive")
-    run_search(recipe, n_trials=args.n_trials, timeout=args.timeout, workers=args.workers,
-               show_progress=not args.quiet)
+            raise RecipeError(f"--{name.replace('_', '-')}={value}: must be a positive integer")
+    if args.timeout is not None and not 0 < args.timeout < math.inf:
+        raise RecipeError(f"--timeout={args.timeout}: must be a positive number of seconds")
+    recipe = _recipe(args)
+    summary = run_search(recipe, n_trials=args.n_trials, timeout=args.timeout, workers=args.workers,
+                         show_progress=not args.quiet)
+    if summary is not None and not args.quiet:
+        command = ["llmnas", "train", args.recipe, *(x for o in args.overrides for x in ("--set", o))]
+        if args.storage:
+            command += ["--storage", args.storage]
+        for line in next_steps(summary.study, summary.study_dir, summary.storage_url, shlex.join(command)):
+            print(line)
     return 0
 
 

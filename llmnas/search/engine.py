@@ -8,15 +8,12 @@ together (data parallel).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import multiprocessing as mp
-import os
 import platform
-import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,20 +23,19 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from optuna.trial import FrozenTrial, TrialState
-from tqdm.auto import tqdm
 
 import llmnas
 from llmnas.data import TokenData, prepare_data
 from llmnas.errors import LlmnasError, RecipeError
 from llmnas.recipe import Recipe
-from llmnas.search.report import pareto_plots, pareto_table, state_counts, top_table
-from llmnas.search.study import arch_attrs, fail_reason, finished, make_storage
+from llmnas.search.progress import Progress, print_header, write_summary
+from llmnas.search.storage import StudyLock, fail_lost_trials, make_storage, removed_on_error, worker_id
+from llmnas.search.study import arch_attrs, counted, finished
+from llmnas.search.workers import WorkerPool
 from llmnas.space import Constraints, TransformerSpace, load_space
-from llmnas.space.arch import Architecture, param_count_str
+from llmnas.space.arch import Architecture
 from llmnas.train import TrainingDiverged, TrainingPruned, make_accelerator, train
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
+from llmnas.train.ranks import TrainingFailed, describe
 
 #: What a trained trial measured (user attributes, also copied to a trial that reuses its result).
 RESULT_ATTRS = ("val_loss", "bits_per_byte", "bits_per_char", "tokens", "steps", "train_seconds", "eval_seconds",
@@ -129,14 +125,18 @@ def open_study(recipe: Recipe, space: TransformerSpace, data: TokenData, worker:
         )
     except RecipeError as e:
         raise RecipeError(f"{recipe.source}: search.sampler: {e}") from None
-    study = optuna.create_study(
-        study_name=recipe.study,
-        storage=make_storage(recipe.storage_url, search.heartbeat_seconds, search.grace_seconds),
-        sampler=sampler,
-        pruner=build_pruner(recipe),
-        directions=search.directions,
-        load_if_exists=True,
-    )
+    pruner = build_pruner(recipe)
+    # Two processes creating one new SQLite study at once race on its tables: they take turns.
+    with removed_on_error(recipe.storage_url), StudyLock(recipe.storage_url):
+        storage = make_storage(recipe.storage_url, search.heartbeat_seconds, search.grace_seconds)
+        study = optuna.create_study(study_name=recipe.study, storage=storage, sampler=sampler, pruner=pruner,
+                                    directions=search.directions, load_if_exists=True)
+        _check_setup(recipe, space, data, study)
+    return study
+
+
+def _check_setup(recipe: Recipe, space: TransformerSpace, data: TokenData, study: optuna.Study) -> None:
+    search = recipe.search
     wanted = [optuna.study.StudyDirection.MINIMIZE] * len(search.directions)
     if study.directions != wanted:
         raise RecipeError(
@@ -161,10 +161,13 @@ def open_study(recipe: Recipe, space: TransformerSpace, data: TokenData, worker:
             "its trials would not be comparable: use another study name (--set study=NEW_NAME) or the original "
             "recipe to resume it"
         )
-    return study
 
 
 # ---------------------------------------------------------------------- the objective
+#: Failures that end one trial and let the study go on (anything else stops the search).
+TRIAL_FAILURES = (TrainingDiverged, ReusedFailure, TrainingFailed, torch.OutOfMemoryError)
+
+
 class Objective:
     """Trains the architecture a trial suggests and returns the recipe's objective values."""
 
@@ -174,7 +177,6 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> list[float] | float:
         arch = self.space.suggest(trial)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         for key, value in arch_attrs(arch).items():
             trial.set_user_attr(key, value)
         constraints = self.space.constraints
@@ -192,10 +194,17 @@ class Objective:
         return self.train(trial, arch)
 
     def previous(self, trial: optuna.Trial, arch_id: str) -> FrozenTrial | None:
-        """The first finished trial of this study that trained the same architecture."""
-        for t in finished(trial.study):
-            if t.user_attrs.get("arch_id") == arch_id and "rejected" not in t.user_attrs:
-                return t
+        """The first trial of this study whose outcome says something about the same architecture:
+        completed, pruned, or diverged. A failure for any other reason (its worker was lost, it ran out of
+        memory next to another job, another process raised) says nothing about it: it is trained again."""
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        for t in trial.study.get_trials(deepcopy=False, states=states):
+            a = t.user_attrs
+            if t.number == trial.number or a.get("arch_id") != arch_id or "rejected" in a:
+                continue
+            if t.state == TrialState.FAIL and not a.get("diverged"):
+                continue
+            return t
         return None
 
     def reuse(self, trial: optuna.Trial, prior: FrozenTrial) -> list[float]:
@@ -212,6 +221,7 @@ class Objective:
                     trial.report(value, step)
             raise optuna.TrialPruned(f"same architecture as trial {origin}, which was pruned")
         reason = prior.user_attrs.get("fail_reason", "failed")
+        trial.set_user_attr("diverged", True)
         trial.set_user_attr("fail_reason", f"same architecture as trial {origin}: {reason}")
         raise ReusedFailure(f"same architecture as trial {origin}, which failed ({reason})")
 
@@ -228,11 +238,15 @@ class Objective:
         try:
             model, result = train(arch, self.data, self.recipe.train, self.accelerator, report=report)
         except TrainingDiverged as e:
+            trial.set_user_attr("diverged", True)  # a property of the architecture and budget: reused
             trial.set_user_attr("fail_reason", str(e))
             raise
         except TrainingPruned as e:
             trial.set_user_attr("pruned_at_step", e.step)
             raise optuna.TrialPruned(str(e)) from None
+        except (TrainingFailed, torch.OutOfMemoryError) as e:
+            trial.set_user_attr("fail_reason", str(e) if isinstance(e, TrainingFailed) else describe(e))
+            raise
         measured = {key: getattr(result, key) for key in RESULT_ATTRS}
         for key, value in measured.items():
             trial.set_user_attr(key, value)
@@ -246,54 +260,48 @@ class Objective:
 
 
 def follow(recipe: Recipe, data: TokenData, accelerator: Accelerator) -> None:
-    """Non-main processes under ``accelerate launch``: train what the main process broadcasts."""
+    """Non-main processes under ``accelerate launch``: train what the main process broadcasts.
+
+    Every process of a trial raises together (:mod:`llmnas.train.ranks`); the main process records the
+    outcome, and the others wait for the next architecture.
+    """
     while True:
         message = broadcast_object_list([None])[0]
         if message is None:
             return
         arch = Architecture.from_json(message["arch"])
-        with contextlib.suppress(TrainingDiverged, TrainingPruned):  # the main process records the outcome
+        try:
             train(arch, data, recipe.train, accelerator, report=lambda step, value: False)
+        except (TrainingDiverged, TrainingPruned, TrainingFailed):
+            pass
+        except Exception as e:  # noqa: BLE001 - this process's own failure, already announced to the others
+            print(f"process {accelerator.process_index}: the trial failed here: {describe(e)}", file=sys.stderr)
 
 
-# ---------------------------------------------------------------------- progress
-class Progress:
-    """A progress bar over the study's trials with the best validation loss so far."""
+# ---------------------------------------------------------------------- running trials
+def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], Any], storage_url: str, n_trials: int,
+               deadline: float | None, callbacks: list[Callable[[optuna.Study, FrozenTrial], None]]) -> None:
+    """Start trials until the study holds ``n_trials`` counted trials (none queued) or ``deadline`` passes.
 
-    def __init__(self, study: optuna.Study, total: int, enabled: bool) -> None:
-        done = len(finished(study))
-        # In a terminal a live bar; in a log file only the one line per trial.
-        self.bar = tqdm(total=total, initial=min(done, total), desc=study.study_name, unit="trial",
-                        disable=not (enabled and sys.stdout.isatty()), dynamic_ncols=True, file=sys.stdout)
-        self.enabled = enabled
-        self._best(study)
+    Every process sharing the study does the same, one trial at a time, and they take turns (the study
+    lock) from counting the trials to creating the next one, so that ``n_trials`` is exact. Before
+    counting, trials whose worker is gone are failed and queued again (their retry takes their place).
+    """
+    lock = StudyLock(storage_url)
 
-    def _best(self, study: optuna.Study) -> None:
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if done:
-            best = min(done, key=lambda t: t.values[0])
-            self.bar.set_postfix_str(f"best {best.values[0]:.4f} (trial {best.number})")
+    def start(trial: optuna.Trial) -> Any:
+        trial.set_user_attr("worker", worker_id())
+        lock.release()  # the trial exists and counts: the next process may start its own
+        return objective(trial)
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if not self.enabled:
-            return
-        a = trial.user_attrs
-        what = f"{a.get('arch_id', '?')} {param_count_str(a.get('params', 0)):>6}"
-        if trial.state == TrialState.COMPLETE:
-            note = f" (reused trial {a['reused_from']})" if "reused_from" in a else ""
-            outcome = f"val_loss {trial.values[0]:.4f} in {a.get('train_seconds', 0):.0f}s{note}"
-        elif "rejected" in a:
-            outcome = "rejected: " + "; ".join(a["rejected"])
-        elif trial.state == TrialState.PRUNED:
-            outcome = f"pruned at step {a.get('pruned_at_step', '?')}"
-        else:
-            outcome = f"failed: {fail_reason(study, trial) or 'see the log'}"
-        tqdm.write(f"trial {trial.number:>4}: {what}  {outcome}", file=sys.stdout)
-        self.bar.update(1)
-        self._best(study)
-
-    def close(self) -> None:
-        self.bar.close()
+    while deadline is None or time.monotonic() < deadline:
+        with lock:
+            fail_lost_trials(study)
+            optuna.storages.fail_stale_trials(study)
+            trials = counted(study)
+            if len(trials) >= n_trials and not any(t.state == TrialState.WAITING for t in trials):
+                return
+            study.optimize(start, n_trials=1, catch=TRIAL_FAILURES, callbacks=callbacks, gc_after_trial=False)
 
 
 # ---------------------------------------------------------------------- entry points
@@ -315,6 +323,8 @@ def run_search(
     n_trials = n_trials or recipe.search.n_trials
     timeout = timeout if timeout is not None else recipe.search.timeout
     workers = workers or recipe.search.workers
+    if timeout is not None and not 0 < timeout < float("inf"):
+        raise RecipeError(f"timeout={timeout!r}: must be a positive number of seconds")
     accelerator = accelerator or make_accelerator(recipe.train)
     if workers > 1 and accelerator.num_processes > 1:
         raise RecipeError("use either --workers K or accelerate launch with several processes, not both")
@@ -325,95 +335,42 @@ def run_search(
         follow(recipe, data, accelerator)
         return None
     study = open_study(recipe, space, data, worker=worker_index)
-    optuna.storages.fail_stale_trials(study)
     before = len(finished(study))
     main = worker_index == 0
     if main and show_progress:
-        _print_header(recipe, space, data, study, n_trials, workers)
-    children = _spawn_workers(recipe, n_trials, timeout, workers) if main and workers > 1 else []
+        print_header(recipe, space, data, study, n_trials, workers)
     progress = Progress(study, n_trials, enabled=show_progress and main)
-    remaining = n_trials - before
+    deadline = None if timeout is None else time.monotonic() + timeout
+    objective = Objective(recipe, space, data, accelerator)
+    pool = WorkerPool(recipe, n_trials, timeout, workers) if main and workers > 1 else None
+
+    def watch(study: optuna.Study, trial: FrozenTrial) -> None:
+        for line in pool.deaths() if pool else []:
+            progress.note(line) if show_progress else print(line, file=sys.stderr)
+
+    ok = False
     try:
-        if remaining > 0:
-            study.optimize(
-                Objective(recipe, space, data, accelerator),
-                n_trials=remaining,
-                timeout=timeout,
-                catch=(TrainingDiverged, ReusedFailure, torch.OutOfMemoryError),
-                callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=None), progress],
-                gc_after_trial=False,
-            )
+        while True:
+            run_trials(study, objective, recipe.storage_url, n_trials, deadline, [progress, watch])
+            # A worker that died after this process's last turn left its trial running: one more round
+            # fails it and trains its retry here.
+            deaths = pool.join() if pool else []
+            for line in deaths:
+                progress.note(line) if show_progress else print(line, file=sys.stderr)
+            if not deaths:
+                break
+        ok = True
     finally:
         broadcast_object_list([None])  # release the followers
         progress.close()
-        for child in children:
-            child.join()
+        if pool is not None and not ok:
+            pool.terminate()
     if not main:
         return None
     new = len(finished(study)) - before
     summary = SearchSummary(study, recipe.study_dir, recipe.storage_url, new, time.perf_counter() - started)
-    if remaining <= 0 and show_progress:
+    if before >= n_trials and show_progress:
         print(f"study {recipe.study!r} already holds {before} finished trials (n_trials={n_trials}); "
               "raise --n-trials to search further")
-    _write_summary(recipe, study, summary, show_progress)
+    write_summary(recipe, study, summary, show_progress)
     return summary
-
-
-def _print_header(recipe: Recipe, space: TransformerSpace, data: TokenData, study: optuna.Study, n_trials: int,
-                  workers: int) -> None:
-    m = data.meta
-    budget = {k: v for k, v in dataclasses.asdict(recipe.train).items() if k.startswith("max_") and v is not None}
-    print(f"study {recipe.study!r}: {len(finished(study))} of {n_trials} trials done; storage {recipe.storage_url}")
-    print(f"  data: {m.source}; tokenizer {m.tokenizer} ({m.vocab_size} ids); "
-          f"{m.n_train_tokens:,} train / {m.n_val_tokens:,} validation tokens")
-    print(f"  space: {space.name} ({space.size():.3g} architectures, {len(space.choices())} decisions); "
-          f"sampler {recipe.search.sampler}; objectives {', '.join(recipe.search.objectives)}; "
-          f"per-trial budget {budget}; workers {workers}")
-    print(f"  watch it: optuna-dashboard {recipe.storage_url}")
-
-
-def _write_summary(recipe: Recipe, study: optuna.Study, summary: SearchSummary, show: bool) -> None:
-    names = list(recipe.search.objectives)
-    parts = [f"# Study {study.study_name}", "", f"Trials: {state_counts(study)}.", "",
-             f"Top {recipe.search.top_k} by {names[0]}:", "", top_table(study, recipe.search.top_k)]
-    if len(names) > 1 and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        summary.plots = pareto_plots(study, names, summary.study_dir)
-        parts += ["", "Pareto front:", "", pareto_table(study, names)]
-    summary.study_dir.mkdir(parents=True, exist_ok=True)
-    summary.summary_path = summary.study_dir / "summary.md"
-    summary.summary_path.write_text("\n".join(parts) + "\n")
-    if show:
-        print("\n".join(parts[2:]))
-        for p in summary.plots:
-            print(f"wrote {p}")
-        print(f"wrote {summary.summary_path}; {summary.new_trials} new trial(s) in {summary.seconds:.0f}s")
-        print(f"export the best: llmnas export {summary.study_dir} --trial best --out {summary.study_dir}/hf")
-
-
-# ---------------------------------------------------------------------- worker processes
-def _worker_main(recipe: Recipe, n_trials: int, timeout: float | None, index: int, threads: int) -> None:
-    torch.set_num_threads(threads)
-    run_search(recipe, n_trials=n_trials, timeout=timeout, workers=1, show_progress=False, worker_index=index)
-
-
-def _spawn_workers(recipe: Recipe, n_trials: int, timeout: float | None, workers: int) -> list[mp.Process]:
-    """Start ``workers - 1`` more processes on the same study (one GPU each where there are several)."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    torch.set_num_threads(threads)
-    ctx = mp.get_context("spawn")
-    children = []
-    n_gpus = torch.cuda.device_count()
-    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
-    for index in range(1, workers):
-        if n_gpus > 1:
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(index % n_gpus)
-        child = ctx.Process(target=_worker_main, args=(recipe, n_trials, timeout, index, threads), daemon=False)
-        child.start()
-        children.append(child)
-    if n_gpus > 1:
-        if saved is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = saved
-    return children
-

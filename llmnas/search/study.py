@@ -7,7 +7,6 @@ works instead. Trials carry their architecture and measurements as user attribut
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from llmnas.errors import LlmnasError
+from llmnas.search.storage import make_storage, retried_numbers
 from llmnas.space.arch import Architecture
 
 #: User attributes every trained (or reused) trial records.
@@ -34,45 +34,15 @@ TRIAL_ATTRS = (
     "train_seconds",
     "tokens_per_second",
 )
-HEARTBEAT_SECONDS = 30
-GRACE_SECONDS = 120
 
 
 class StudyError(LlmnasError):
     """A study or trial that was asked for does not exist."""
 
 
-STALE_REASON = "its worker stopped sending heartbeats (killed or lost)"
-
-
-def _record_stale(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Optuna calls this after failing a trial whose worker went silent; the trial is finished by then and
-    takes no more attributes, so the reason goes to the study (``fail_reason_<number>``)."""
-    study.set_user_attr(f"fail_reason_{trial.number}", STALE_REASON)
-
-
 def fail_reason(study: optuna.Study, trial: FrozenTrial) -> str | None:
     """Why a trial failed: its own record, or the study's note for a trial failed as stale."""
     return trial.user_attrs.get("fail_reason") or study.user_attrs.get(f"fail_reason_{trial.number}")
-
-
-def make_storage(
-    url: str, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS
-) -> optuna.storages.BaseStorage | str:
-    """An RDB storage with heartbeats: a killed worker's trial is failed (with the reason), not left RUNNING."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    if url.startswith(("sqlite:", "postgresql", "mysql")):
-        engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat,
-            grace_period=grace,
-            heartbeat_stale_trial_callback=_record_stale,
-        )
-    return url
 
 
 def storage_url_of(location: str | Path) -> tuple[str, str | None]:
@@ -92,9 +62,10 @@ def storage_url_of(location: str | Path) -> tuple[str, str | None]:
 
 
 def load_study(location: str | Path, study_name: str | None = None) -> optuna.Study:
+    """An existing study, from a run folder, a ``study.db`` file or a storage URL (nothing is created)."""
     url, name = storage_url_of(location)
     name = study_name or name
-    storage = make_storage(url)
+    storage = make_storage(url, create=False)
     if name is None:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         if len(names) != 1:
@@ -107,8 +78,17 @@ def load_study(location: str | Path, study_name: str | None = None) -> optuna.St
         raise StudyError(f"{location}: no study named {name!r} (studies there: {names})") from None
 
 
+def counted(study: optuna.Study) -> list[FrozenTrial]:
+    """The trials that count toward ``n_trials``: all but the failed ones that were queued again (a trial
+    lost with its worker is retried; its retry counts instead)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+    return [t for t in trials if not (t.state == TrialState.FAIL and t.number in retried)]
+
+
 def finished(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    """Trials with a final outcome: complete, pruned, or failed and not queued again."""
+    return [t for t in counted(study) if t.state.is_finished()]
 
 
 def ranked(study: optuna.Study) -> list[FrozenTrial]:

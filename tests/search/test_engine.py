@@ -5,12 +5,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
+import torch
 import yaml
 from accelerate import Accelerator
 from optuna.trial import TrialState
@@ -20,7 +20,6 @@ from llmnas.errors import RecipeError
 from llmnas.recipe import recipe_from_dict
 from llmnas.search import load_study, run_search, select_trial, trial_arch
 from llmnas.search.engine import Objective, prepare_space
-from llmnas.search.study import fail_reason
 from tests.conftest import REPO, shared_data
 
 SPACE = """
@@ -180,10 +179,11 @@ def test_optuna_dashboard_reads_the_study(tmp_path) -> None:
 def test_two_workers_share_the_study(tmp_path) -> None:
     raw = make_recipe(tmp_path, sampler="evolution", n_trials=10, workers=2)
     raw["train"]["max_steps"] = 60  # long enough that the second process has started before the end
+    threads = torch.get_num_threads()
     study = run_search(recipe_from_dict(raw), show_progress=False).study
-    done = finished(study)
-    assert 10 <= len(done) <= 11  # each worker checks the count after its trial; one may overshoot
-    assert len({t.user_attrs["worker"] for t in done}) == 2
+    assert len(study.trials) == 10 and all(t.state == TrialState.COMPLETE for t in study.trials)  # exactly
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    assert torch.get_num_threads() == threads  # the caller's thread count is given back
 
 
 def _cli(*args: str, env: dict | None = None, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -198,6 +198,14 @@ def test_cli_search_train_export(tmp_path) -> None:
     done = _cli("search", str(recipe_path), "--set", "train.max_steps=3")
     assert done.returncode == 0, done.stderr
     assert "trial    1:" in done.stdout and "Top 5 by val_loss" in done.stdout
+    # The commands it prints to export the best work as printed (no weights were kept: retrain first).
+    line = next(x for x in done.stdout.splitlines() if x.startswith("retrain the best"))
+    commands = line.split(": ", 1)[1]
+    assert "--set train.max_steps=3" in commands and "llmnas export" in commands
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    followed = subprocess.run(commands, shell=True, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert followed.returncode == 0, followed.stderr[-3000:]
+    assert (tmp_path / "runs" / "t" / "hf" / "config.json").is_file()
     done = _cli("train", str(recipe_path), "--set", "train.max_steps=3", "--trial", "best", "--out",
                 str(tmp_path / "ckpt"))
     assert done.returncode == 0, done.stderr
@@ -219,42 +227,6 @@ def test_search_under_accelerate_launch_with_two_processes(tmp_path) -> None:
     assert len(study.trials) == 2
     # Two processes each saw batch_size x block tokens per step.
     assert all(t.user_attrs["tokens"] == 2 * 4 * 4 * 32 for t in study.trials if t.state == TrialState.COMPLETE)
-
-
-def test_a_killed_worker_loses_no_finished_work(tmp_path) -> None:
-    raw = make_recipe(tmp_path, n_trials=40, heartbeat_seconds=1, grace_seconds=2)
-    raw["train"]["max_steps"] = 30
-    recipe_path = tmp_path / "r.yaml"
-    recipe_path.write_text(yaml.safe_dump(raw))
-    proc = subprocess.Popen([sys.executable, "-m", "llmnas", "search", str(recipe_path), "--quiet"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = tmp_path / "runs" / "t" / "study.db"
-    deadline = time.monotonic() + 240
-    done: list = []
-    try:
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            if db.exists():
-                try:
-                    study = load_study(db, "t")
-                except Exception:  # the study is being created
-                    continue
-                done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-                running = [t for t in study.trials if t.state == TrialState.RUNNING]
-                if len(done) >= 2 and running:
-                    break
-    finally:
-        proc.kill()
-        proc.wait()
-    assert len(done) >= 2, "the worker did not finish two trials in time"
-    time.sleep(3)  # past the grace period
-    resumed = run_search(recipe_from_dict(raw), n_trials=len(done) + 2, show_progress=False).study
-    states = {t.number: t.state for t in resumed.trials}
-    for t in done:  # finished work is kept as it was
-        assert states[t.number] == TrialState.COMPLETE
-        assert resumed.trials[t.number].values == t.values
-    killed = [t for t in resumed.trials if t.state == TrialState.FAIL]
-    assert killed and "stopped sending heartbeats" in fail_reason(resumed, killed[0])
 
 
 def test_constraints_can_go_to_the_sampler(tmp_path) -> None:
