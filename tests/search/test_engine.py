@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -215,13 +216,21 @@ def test_cli_search_train_export(tmp_path) -> None:
     assert bad.returncode == 2 and "annealing" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_search_under_accelerate_launch_with_two_processes(tmp_path) -> None:
+@pytest.mark.parametrize("mode", ["ddp", "deepspeed"])
+def test_search_under_accelerate_launch_with_two_processes(tmp_path, mode) -> None:
     """Data-parallel trials on two CPU processes: the main process drives the study, both train."""
+    if mode == "deepspeed" and importlib.util.find_spec("deepspeed") is None and os.environ.get("CI") != "true":
+        pytest.skip("deepspeed is not installed (pip install -e '.[deepspeed]'); CI installs it")
     recipe_path = tmp_path / "r.yaml"
     recipe_path.write_text(yaml.safe_dump(make_recipe(tmp_path, n_trials=2)))
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m"]
-    done = _cli("search", str(recipe_path), "--quiet", env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"},
-                launcher=launcher)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
+    env = {"OMP_NUM_THREADS": "1"}
+    if mode == "ddp":
+        launcher += ["--multi_gpu", "--num_processes", "2", "-m"]
+        env["ACCELERATE_USE_CPU"] = "1"
+    else:
+        launcher += ["--config_file", str(REPO / "recipes" / "accelerate" / "cpu_deepspeed_zero2.yaml"), "-m"]
+    done = _cli("search", str(recipe_path), "--quiet", env=env, launcher=launcher)
     assert done.returncode == 0, done.stderr[-3000:]
     study = load_study(tmp_path / "runs" / "t")
     assert len(study.trials) == 2

@@ -23,22 +23,7 @@ from tests.conftest import REPO, run_group, shared_data
 from tests.train.dist_script import BLOCK, arch
 
 SCRIPT = Path(__file__).with_name("dist_script.py")
-DEEPSPEED_CONFIG = """\
-compute_environment: LOCAL_MACHINE
-distributed_type: DEEPSPEED
-deepspeed_config:
-  zero_stage: 2
-  gradient_accumulation_steps: 1
-  gradient_clipping: 1.0
-  offload_optimizer_device: none
-  offload_param_device: none
-  zero3_init_flag: false
-num_processes: 2
-num_machines: 1
-machine_rank: 0
-mixed_precision: "no"
-use_cpu: false
-"""
+DEEPSPEED_CONFIG = REPO / "recipes" / "accelerate" / "cpu_deepspeed_zero2.yaml"  # the shipped one
 
 
 def launch(tmp_path: Path, mode: str) -> list[dict]:
@@ -52,8 +37,7 @@ def launch(tmp_path: Path, mode: str) -> list[dict]:
         launcher += ["--multi_gpu", "--num_processes", "2"]
     else:
         env.pop("ACCELERATE_USE_CPU", None)
-        (tmp_path / "ds.yaml").write_text(DEEPSPEED_CONFIG)
-        launcher += ["--config_file", str(tmp_path / "ds.yaml")]
+        launcher += ["--config_file", str(DEEPSPEED_CONFIG)]
     done = run_group([*launcher, str(SCRIPT), str(out), str(data_file)], cwd=REPO, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
