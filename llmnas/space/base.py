@@ -111,7 +111,11 @@ class CategoricalSpace(ABC, Generic[C]):
                     yield new
 
     def mutate_params(self, params: Params, rng: RngLike = None) -> Params:
-        """Change one active decision so that the candidate changes and stays feasible."""
+        """Change one active decision so that the candidate changes and stays feasible.
+
+        Raises:
+            SpaceError: no feasible candidate differs from ``params`` in one decision.
+        """
         rng = as_rng(rng)
         choices = self.choices()
         old = self.key(params)
@@ -124,7 +128,14 @@ class CategoricalSpace(ABC, Generic[C]):
             new = {**params, name: options[int(rng.integers(len(options)))]}
             if self.key(new) != old and self.is_feasible(new):
                 return new
-        raise RuntimeError(f"{self.name}: no feasible one-decision mutation found in {self.max_tries} tries")
+        # tight constraints: look at every neighbour before giving up
+        fresh = list(self.neighbours(params))
+        if fresh:
+            return fresh[int(rng.integers(len(fresh)))]
+        raise SpaceError(
+            f"{self.name}: no candidate one decision away from {old} meets the constraints (they leave it isolated; "
+            "loosen them)"
+        )
 
     def mutate(self, candidate: C, rng: RngLike = None) -> C:
         """A candidate that differs from ``candidate`` in one decision; always valid and feasible."""

@@ -182,3 +182,38 @@ def test_cli_validate_and_sample_refuse_an_infeasible_space(tmp_path, capsys) ->
     assert "feasible: no; max_params=100 cannot be met" in capsys.readouterr().out
     assert main(["space", "validate", "tiny"]) == 0
     assert "constraints met, e.g. by arch" in capsys.readouterr().out
+
+
+def test_mutation_under_tight_constraints_finds_the_feasible_neighbours(tmp_path) -> None:
+    space = load_space(write(tmp_path, DEEP_SPACE))
+    values, counts = np.unique(enumerate_space(space)[:, 0], return_counts=True)
+
+    def only(n_params: int) -> TransformerSpace:
+        tight = space.with_constraints(Constraints(min_params=n_params, max_params=n_params))
+        tight.max_tries = 1  # random tries miss: the fallback is what is tested
+        return tight
+
+    pairs = 0
+    for n_params in values[counts == 2]:  # exactly two architectures have this many parameters
+        tight = only(int(n_params))
+        start = tight.sample_params(0)
+        for other in tight.neighbours(start):  # when the two differ in one decision, mutation finds the other
+            assert tight.key(tight.mutate_params(start, 0)) == tight.key(other)
+            pairs += 1
+    assert pairs > 5
+
+
+def test_mutation_of_an_isolated_architecture_is_a_clear_error(tmp_path) -> None:
+    """Width and KV heads both change the size: the window keeps (32 wide, MHA) and (64 wide, GQA), two
+    decisions apart, so neither has a feasible one-decision neighbour."""
+    text = "vocab_size: 50\nmax_seq_len: 16\nd_model: [32, 64]\nn_layers: [1]\n"
+    text += "layer: {n_heads: [2], kv_ratio: [1, 2]}\n"
+    space = load_space(write(tmp_path, text))
+    size = {(d, r): space.decode({"d_model": d, "L00.kv_ratio": r}).param_counts().total for d in (32, 64)
+            for r in (1, 2)}
+    assert size[32, 2] < size[32, 1] < size[64, 2] < size[64, 1]
+    both = space.with_constraints(Constraints(min_params=size[32, 1], max_params=size[64, 2]))
+    start = {"d_model": 32, "L00.kv_ratio": 1}
+    assert both.is_feasible(start) and not list(both.neighbours(start))
+    with pytest.raises(SpaceError, match="no candidate one decision away from .* meets the constraints"):
+        both.mutate_params(start, 0)
