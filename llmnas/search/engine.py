@@ -29,7 +29,14 @@ from llmnas.data import TokenData, prepare_data
 from llmnas.errors import LlmnasError, RecipeError
 from llmnas.recipe import Recipe
 from llmnas.search.progress import Progress, print_header, write_summary
-from llmnas.search.storage import StudyLock, fail_lost_trials, make_storage, removed_on_error, worker_id
+from llmnas.search.storage import (
+    StudyLock,
+    check_storage_url,
+    fail_lost_trials,
+    make_storage,
+    removed_on_error,
+    worker_id,
+)
 from llmnas.search.study import arch_attrs, counted, finished
 from llmnas.search.workers import WorkerPool
 from llmnas.space import Constraints, TransformerSpace, load_space
@@ -325,6 +332,7 @@ def run_search(
     workers = workers or recipe.search.workers
     if timeout is not None and not 0 < timeout < float("inf"):
         raise RecipeError(f"timeout={timeout!r}: must be a positive number of seconds")
+    check_storage_url(recipe.storage_url)  # before the data is read: a wrong URL fails at once
     accelerator = accelerator or make_accelerator(recipe.train)
     if workers > 1 and accelerator.num_processes > 1:
         raise RecipeError("use either --workers K or accelerate launch with several processes, not both")

@@ -30,6 +30,13 @@ SCHEMES = ("sqlite", "postgresql", "mysql")
 #: Attributes of a lost trial that its retry does not inherit (the retry writes its own).
 NOT_INHERITED = ("worker", "fail_reason")
 STALE_REASON = "its worker stopped sending heartbeats (killed or lost)"
+#: What to install for the database drivers SQLAlchemy looks for (by module name).
+DRIVER_PACKAGES = {
+    "psycopg": "pip install 'psycopg[binary]'",
+    "psycopg2": "pip install psycopg2-binary",
+    "MySQLdb": "pip install mysqlclient, or use mysql+pymysql:// with pip install pymysql",
+    "pymysql": "pip install pymysql",
+}
 
 
 class StorageError(LlmnasError):
@@ -53,14 +60,21 @@ def check_storage_url(url: str) -> None:
         raise StorageError(f"storage {url!r}: not a database URL (allowed: {allowed})") from None
     if parsed.get_backend_name() not in SCHEMES:
         raise StorageError(f"storage {url!r}: unknown scheme {parsed.drivername!r} (allowed: {allowed})")
+    path = sqlite_path(url)
+    if path is not None:
+        blocking = next((a for a in path.parents if a.exists() and not a.is_dir()), None)
+        if blocking is not None:
+            raise StorageError(f"storage {url!r}: {blocking} is a file, not a folder")
+        if path.is_dir():
+            raise StorageError(f"storage {url!r}: {path} is a folder, not a database file")
     try:
         parsed.get_dialect().import_dbapi()
     except NoSuchModuleError:
         raise StorageError(f"storage {url!r}: unknown driver {parsed.drivername!r}") from None
     except ImportError as e:
-        extra = {"postgresql": "pip install 'llmnas[postgres]' (psycopg2)", "mysql": "pip install pymysql"}
-        hint = extra.get(parsed.get_backend_name(), "install it")
-        raise StorageError(f"storage {url!r}: its database driver is not installed ({e.name or e}): {hint}") from None
+        module = e.name or str(e)
+        hint = DRIVER_PACKAGES.get(module, f"pip install {module}")
+        raise StorageError(f"storage {url!r}: its database driver {module!r} is not installed: {hint}") from None
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -92,8 +106,6 @@ def make_storage(
         if not create and not path.is_file():
             raise StorageError(f"{path}: no such study database")
         if create:
-            if path.parent.exists() and not path.parent.is_dir():
-                raise StorageError(f"storage {url!r}: {path.parent} is a file, not a folder")
             path.parent.mkdir(parents=True, exist_ok=True)
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
@@ -237,6 +249,8 @@ def removed_on_error(url: str):
     block raises: an early error leaves nothing behind."""
     path = sqlite_path(url)
     new_file = path is not None and not path.exists()
+    lock = None if path is None else path.with_name(path.name + ".lock")
+    new_lock = lock is not None and not lock.exists()
     missing_dirs = []
     if path is not None:
         parent = path.parent
@@ -247,8 +261,12 @@ def removed_on_error(url: str):
         yield
     except BaseException:
         if new_file and path is not None:
-            for leftover in (path, path.with_name(path.name + ".lock"), path.with_name(path.name + "-journal")):
-                leftover.unlink(missing_ok=True)
+            for leftover in (path, path.with_name(path.name + "-journal")):
+                with contextlib.suppress(OSError):
+                    leftover.unlink(missing_ok=True)
+        if new_lock and lock is not None:
+            with contextlib.suppress(OSError):
+                lock.unlink(missing_ok=True)
             for folder in missing_dirs:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only if empty
