@@ -127,29 +127,41 @@ def _load_file(p: Path, trusted: bool) -> Any:
         try:
             return torch.load(p, map_location="cpu", weights_only=not trusted)
         except pickle.UnpicklingError as e:
+            if trusted or "Weights only load failed" not in str(e):  # not a pickle at all: no --trusted hint
+                raise DataError(f"cannot read {p}: {_why(e)} (expected an official NAS-Bench-201 .pth file)") from None
             raise DataError(f"{p}: cannot be loaded safely ({str(e).splitlines()[0]}); load it with trusted=True "
                             "(--trusted) if you trust the file") from None
-        except (OSError, RuntimeError, EOFError) as e:
-            raise DataError(f"cannot read {p}: {e}") from None
+        except Exception as e:  # a damaged or foreign file fails anywhere in torch's unpickler (KeyError, ...)
+            raise DataError(f"cannot read {p}: {_why(e)} (expected an official NAS-Bench-201 .pth file)") from None
     return _unpickle(p, trusted)
+
+
+def _why(e: BaseException) -> str:
+    """The exception's message, or its type when it has none (an empty file's EOFError)."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else f"{type(e).__name__} (truncated or empty file?)"
+
+
+class _Forbidden(pickle.UnpicklingError):
+    """A pickle that needs a global outside :data:`_SAFE_GLOBALS` (it may be fine with ``trusted=True``)."""
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _SAFE_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        raise _Forbidden(f"global {module}.{name} is not allowed")
 
 
 def _unpickle(p: Path, trusted: bool) -> Any:
     try:
         with (bz2.open(p, "rb") if p.name.endswith(".pbz2") else open(p, "rb")) as f:
             return pickle.load(f) if trusted else _RestrictedUnpickler(f).load()
-    except pickle.UnpicklingError as e:
+    except _Forbidden as e:
         raise DataError(f"{p}: cannot be unpickled safely ({e}); load it with trusted=True (--trusted) if you "
                         "trust the file") from None
-    except (OSError, EOFError, ValueError) as e:
-        raise DataError(f"cannot read {p}: {e}") from None
+    except Exception as e:  # a damaged or foreign file fails anywhere in the unpickler (KeyError, IndexError, ...)
+        raise DataError(f"cannot read {p}: {_why(e)}") from None
 
 
 def _meta_archs(data: Any, where: Path) -> list[str]:

@@ -175,6 +175,22 @@ def test_official_nats_tss_pickle_and_fast_mode_folder(tmp_path) -> None:
     check_official_table(load_official(folder))
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("garbage.pth", b"hello\n", r"cannot read .*garbage.pth: \w+Error: .*expected an official NAS-Bench-201"),
+        ("empty.pth", b"", r"cannot read .*empty.pth: EOFError \(truncated or empty file\?\)"),
+        ("notes.pickle", b"# not a pickle\n", r"cannot read .*notes.pickle: UnpicklingError: invalid load key"),
+        ("cut.pickle", pickle.dumps({"meta_archs": ARCHS})[:-5], r"cannot read .*cut.pickle: \w+"),
+    ],
+)
+def test_damaged_or_foreign_official_files_are_one_clear_error(tmp_path, name, content, message) -> None:
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError, match=message) as info:
+        load_official(tmp_path / name)
+    assert "trusted" not in str(info.value)  # not a safety question: --trusted would not help
+
+
 class Evil:
     def __reduce__(self):
         return (print, ("pwned",))
