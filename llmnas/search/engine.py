@@ -39,7 +39,7 @@ from llmnas.search.storage import (
 )
 from llmnas.search.study import arch_attrs, counted, finished
 from llmnas.search.workers import WorkerPool
-from llmnas.space import Constraints, TransformerSpace, load_space
+from llmnas.space import TransformerSpace, load_space
 from llmnas.space.arch import Architecture
 from llmnas.train import TrainingDiverged, TrainingPruned, make_accelerator, train
 from llmnas.train.ranks import TrainingFailed, describe
@@ -68,19 +68,20 @@ class SearchSummary:
 
 # ---------------------------------------------------------------------- set-up
 def prepare_space(recipe: Recipe, data: TokenData) -> TransformerSpace:
-    """The recipe's space for this tokenizer and block size, with the recipe's extra constraints."""
+    """The recipe's space for this tokenizer and block size, with the recipe's extra constraints (checked
+    when the recipe was read).
+
+    Raises:
+        RecipeError: the space is not a transformer space.
+        SpaceError: no architecture of the space meets the constraints (nothing is searched).
+    """
     space = load_space(recipe.space)
     if not isinstance(space, TransformerSpace):
         raise RecipeError(f"{recipe.source}: space: {recipe.space!r} is not a transformer space")
     space = space.with_vocab_size(data.vocab_size).with_max_seq_len(recipe.data.block_size)
     if recipe.search.constraints:
-        allowed = [f.name for f in dataclasses.fields(Constraints)]
-        for key, value in recipe.search.constraints.items():
-            if key not in allowed:
-                raise RecipeError(f"{recipe.source}: search.constraints.{key}: unknown (allowed: {', '.join(allowed)})")
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise RecipeError(f"{recipe.source}: search.constraints.{key}: {value!r} must be a positive integer")
         space = space.with_constraints(dataclasses.replace(space.constraints, **recipe.search.constraints))
+    space.check_feasible()
     return space
 
 

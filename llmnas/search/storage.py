@@ -67,6 +67,8 @@ def check_storage_url(url: str) -> None:
             raise StorageError(f"storage {url!r}: {blocking} is a file, not a folder")
         if path.is_dir():
             raise StorageError(f"storage {url!r}: {path} is a folder, not a database file")
+        if path.is_file() and path.stat().st_size and not _is_sqlite(path):
+            raise StorageError(f"storage {url!r}: {path} is not a SQLite database")
     try:
         parsed.get_dialect().import_dbapi()
     except NoSuchModuleError:
@@ -75,6 +77,14 @@ def check_storage_url(url: str) -> None:
         module = e.name or str(e)
         hint = DRIVER_PACKAGES.get(module, f"pip install {module}")
         raise StorageError(f"storage {url!r}: its database driver {module!r} is not installed: {hint}") from None
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -123,6 +123,15 @@ class TrainConfig:
             )
         if not 0 <= self.dropout < 1:
             raise RecipeError(f"train.dropout={self.dropout}: must be in [0, 1)")
+        if not 0 <= self.weight_decay < math.inf:
+            raise RecipeError(f"train.weight_decay={self.weight_decay}: must be a non-negative number")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise RecipeError(f"train.{name}={getattr(self, name)}: must be in [0, 1)")
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
+            raise RecipeError(f"train.grad_clip={self.grad_clip}: must be a positive number, or null for no clipping")
+        if self.eval_blocks == 0:
+            raise RecipeError("train.eval_blocks=0: must be a positive number of windows, or null for the whole split")
         if self.mixed_precision not in PRECISIONS:
             raise RecipeError(
                 f"train.mixed_precision={self.mixed_precision!r}: must be one of {', '.join(PRECISIONS)}"

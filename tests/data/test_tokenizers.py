@@ -92,11 +92,22 @@ def test_char_unknown_character_is_an_error(shakespeare):
         char_tokenizer("")
 
 
-def test_encoding_one_megabyte_is_fast(shakespeare):
+def test_encoding_is_vectorised_not_a_python_loop(shakespeare):
+    """Encoding a megabyte costs less than one Python-level dictionary look-up per character: a ratio of
+    two timings on the same machine (best of three each), so a loaded machine slows both."""
+    table = {c: i for i, c in enumerate(sorted(set(shakespeare)))}
+
+    def best_of_three(fn) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    loop = best_of_three(lambda: [table[c] for c in shakespeare])
     for tok in (load_tokenizer("byte"), load_tokenizer("char", shakespeare)):
-        start = time.perf_counter()
-        tok.encode(shakespeare)
-        assert time.perf_counter() - start < 0.5, tok.spec
+        assert best_of_three(lambda tok=tok: tok.encode(shakespeare)) < loop, tok.spec
 
 
 @pytest.fixture(scope="module")

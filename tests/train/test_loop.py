@@ -117,9 +117,11 @@ def test_time_budget(data) -> None:
     ("changes", "key"),
     [({"max_seconds": 0}, "train.max_seconds=0"), ({"max_seconds": -5}, "train.max_seconds=-5"),
      ({"max_seconds": float("inf")}, "train.max_seconds=inf"), ({"max_steps": 0}, "train.max_steps=0"),
-     ({"max_tokens": -1}, "train.max_tokens=-1"), ({"lr": float("nan")}, "train.lr=nan")],
+     ({"max_tokens": -1}, "train.max_tokens=-1"), ({"lr": float("nan")}, "train.lr=nan"),
+     ({"weight_decay": -0.1}, "train.weight_decay=-0.1"), ({"beta2": 1.0}, "train.beta2=1.0"),
+     ({"grad_clip": 0.0}, "train.grad_clip=0.0"), ({"eval_blocks": 0}, "train.eval_blocks=0")],
 )
-def test_budgets_and_rates_must_be_positive(changes, key) -> None:
+def test_budgets_rates_and_settings_out_of_range_are_refused(changes, key) -> None:
     from llmnas.errors import RecipeError
 
     with pytest.raises(RecipeError, match=key.replace(".", r"\.")):
