@@ -88,8 +88,14 @@ class SearchConfig:
     """Seed of the sampler (a non-negative integer)."""
     top_k: int = 5
     """Rows of the summary table at the end."""
+    keep_checkpoints: int = 3
+    """Keep the weights of the best this many trained trials (by the first objective) under
+    ``<run_dir>/<study>/trials/<number>/``, so that ``llmnas export runs/<study> --trial best`` works
+    straight after the search; weaker ones are deleted as better ones arrive. ``0`` keeps none."""
+    checkpoint_max_mb: float = 512.0
+    """Weights larger than this (float32 megabytes) are not kept: retrain the winner with ``llmnas train``."""
     save_checkpoints: bool = False
-    """Keep every trained trial's weights under ``<run_dir>/trials/<number>/``."""
+    """Keep every trained trial's weights under ``<run_dir>/<study>/trials/<number>/`` (not only the best)."""
     workers: int = 1
     """Worker processes sharing the study on this machine (each trains its own trials)."""
     heartbeat_seconds: int = 30
@@ -388,6 +394,10 @@ def _check_search_numbers(cfg: SearchConfig, source: str) -> None:
             f"search.heartbeat_seconds={cfg.heartbeat_seconds} (a live worker is silent for up to one heartbeat "
             "interval; Optuna's default grace is twice the interval)"
         )
+    if cfg.keep_checkpoints < 0:
+        raise RecipeError(f"{source}: search.keep_checkpoints={cfg.keep_checkpoints}: must be 0 or more")
+    if not 0 < cfg.checkpoint_max_mb < math.inf:
+        raise RecipeError(f"{source}: search.checkpoint_max_mb={cfg.checkpoint_max_mb}: must be a positive number")
     if cfg.timeout is not None and cfg.timeout <= 0:
         raise RecipeError(f"{source}: search.timeout={cfg.timeout!r}: must be a positive number of seconds or null")
     if cfg.seed < 0:

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--trial",
         help="'best' or a trial number of the study in ARCH: exports that trial's architecture with the weights "
         "of its checkpoint: <run folder>/retrain/<arch id> (llmnas train RECIPE --trial ...), else "
-        "<run folder>/trials/<number> (written when search.save_checkpoints is on)",
+        "<run folder>/trials/<number> (a search keeps its best search.keep_checkpoints trials' weights)",
     )
     p.add_argument("--study", help="with --trial: the study name, when the storage holds several")
     p.add_argument("--tokenizer", help=f"{TOKENIZER_HELP}; default: the checkpoint's tokenizer, else byte")

@@ -28,6 +28,7 @@ import llmnas
 from llmnas.data import TokenData, prepare_data
 from llmnas.errors import LlmnasError, RecipeError
 from llmnas.recipe import Recipe
+from llmnas.search.checkpoints import best_trained, remove_outside, trial_dir, weights_mb
 from llmnas.search.progress import Progress, print_header, write_summary
 from llmnas.search.storage import (
     StudyLock,
@@ -259,12 +260,27 @@ class Objective:
         for key, value in measured.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("history", result.history)
-        if self.recipe.search.save_checkpoints:
-            from llmnas.export import save_checkpoint
-
-            save_checkpoint(model, self.study_dir / "trials" / str(trial.number), tokenizer=self.data.tokenizer)
         values = {**arch_attrs(arch), **measured}
-        return [float(values[o]) for o in self.recipe.search.objectives]
+        objectives = [float(values[o]) for o in self.recipe.search.objectives]
+        self.keep_weights(trial, model, objectives[0])
+        return objectives
+
+    def keep_weights(self, trial: optuna.Trial, model: torch.nn.Module, value: float) -> None:
+        """Write the trial's checkpoint if the recipe keeps it (every trial, or the best few that are small
+        enough), and remove the checkpoints of trials that are no longer among the best."""
+        from llmnas.export import save_checkpoint
+
+        search = self.recipe.search
+        if search.save_checkpoints:
+            kept = None
+        elif search.keep_checkpoints and weights_mb(model) <= search.checkpoint_max_mb:
+            kept = best_trained(trial.study, search.keep_checkpoints, current=(trial.number, value))
+        else:
+            return
+        if kept is None or trial.number in kept:
+            save_checkpoint(model, trial_dir(self.study_dir, trial.number), tokenizer=self.data.tokenizer)
+        if kept is not None:
+            remove_outside(trial.study, self.study_dir, kept)
 
 
 def follow(recipe: Recipe, data: TokenData, accelerator: Accelerator) -> None:

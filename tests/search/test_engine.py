@@ -199,14 +199,24 @@ def test_cli_search_train_export(tmp_path) -> None:
     done = _cli("search", str(recipe_path), "--set", "train.max_steps=3")
     assert done.returncode == 0, done.stderr
     assert "trial    1:" in done.stdout and "Top 5 by val_loss" in done.stdout
-    # The commands it prints to export the best work as printed (no weights were kept: retrain first).
-    line = next(x for x in done.stdout.splitlines() if x.startswith("retrain the best"))
-    commands = line.split(": ", 1)[1]
-    assert "--set train.max_steps=3" in commands and "llmnas export" in commands
+    # The commands it prints to export the best work as printed: straight away (the best trials' weights
+    # are kept), and, without kept weights, after retraining with the same overrides.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    followed = subprocess.run(commands, shell=True, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-    assert followed.returncode == 0, followed.stderr[-3000:]
+
+    def follow(prefix: str, stdout: str) -> None:
+        line = next(x for x in stdout.splitlines() if x.startswith(prefix))
+        commands = line.split(": ", 1)[1]
+        followed = subprocess.run(commands, shell=True, capture_output=True, text=True, cwd=REPO, env=env,
+                                  timeout=600)
+        assert followed.returncode == 0, followed.stderr[-3000:]
+
+    follow("export the best", done.stdout)
     assert (tmp_path / "runs" / "t" / "hf" / "config.json").is_file()
+    done = _cli("search", str(recipe_path), "--set", "train.max_steps=3", "--set", "study=u",
+                "--set", "search.keep_checkpoints=0")
+    assert done.returncode == 0 and "--set study=u" in done.stdout, done.stderr
+    follow("retrain the best", done.stdout)
+    assert (tmp_path / "runs" / "u" / "hf" / "config.json").is_file()
     done = _cli("train", str(recipe_path), "--set", "train.max_steps=3", "--trial", "best", "--out",
                 str(tmp_path / "ckpt"))
     assert done.returncode == 0, done.stderr
@@ -248,3 +258,21 @@ def test_constraints_can_go_to_the_sampler(tmp_path) -> None:
     with pytest.raises(RecipeError, match="constraint_mode: 'sampler' needs a sampler that reads constraints"):
         run_search(recipe_from_dict(make_recipe(tmp_path, sampler="random", constraint_mode="sampler")),
                    show_progress=False)
+
+
+def test_the_best_trials_keep_their_weights(tmp_path) -> None:
+    study = run_search(recipe_from_dict(make_recipe(tmp_path, n_trials=5, keep_checkpoints=2)),
+                       show_progress=False).study
+    trained = sorted((t.values[0], t.number) for t in study.trials
+                     if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs)
+    kept = {int(p.name) for p in (tmp_path / "runs" / "t" / "trials").iterdir()}
+    assert kept == {n for _, n in trained[:2]} and len(trained) > 2  # the others were removed
+    for n in kept:  # loadable checkpoints of the trials' own architectures
+        from llmnas.export.checkpoint import load_checkpoint
+
+        arch, state_dict, _ = load_checkpoint(tmp_path / "runs" / "t" / "trials" / str(n))
+        assert arch.id == study.trials[n].user_attrs["arch_id"] and state_dict
+    small = make_recipe(tmp_path, n_trials=2, keep_checkpoints=2, checkpoint_max_mb=0.001)
+    small["study"] = "small"
+    run_search(recipe_from_dict(small), show_progress=False)
+    assert not (tmp_path / "runs" / "small" / "trials").exists()  # too large to keep
