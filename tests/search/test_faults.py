@@ -207,3 +207,28 @@ def test_run_search_leaves_optuna_logging_and_threads_alone(tmp_path) -> None:
     before = optuna.logging.get_verbosity()
     run_search(recipe_from_dict(make_recipe(tmp_path, n_trials=1)), show_progress=False)
     assert optuna.logging.get_verbosity() == before
+
+
+OPEN_STUDY = """
+import sys
+from llmnas.data import prepare_data
+from llmnas.recipe import load_recipe
+from llmnas.search.engine import open_study, prepare_space
+recipe = load_recipe(sys.argv[1])
+data = prepare_data(recipe.data)
+open_study(recipe, prepare_space(recipe, data), data)
+"""
+
+
+def test_four_processes_create_one_new_study_at_once(tmp_path) -> None:
+    """Optuna alone fails here most of the time ("table studies already exists", "UNIQUE constraint failed:
+    alembic_version"): the processes take turns creating the storage and the study."""
+    recipe = write_recipe(tmp_path, n_trials=1)
+    from llmnas.data import prepare_data  # tokenise once, so the processes start together
+
+    prepare_data(recipe_from_dict(yaml.safe_load(recipe.read_text())).data)
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_STUDY, str(recipe)], cwd=REPO, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(errors)[-3000:]
+    assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'runs/t/study.db'}")] == ["t"]
