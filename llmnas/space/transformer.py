@@ -46,7 +46,7 @@ from llmnas.space.arch import (
     DenseFFN,
     MoEFFN,
 )
-from llmnas.space.base import CategoricalSpace, Params, RngLike, as_rng
+from llmnas.space.base import CategoricalSpace, Params, RngLike
 from llmnas.space.feasibility import Feasibility, explain, feasibility
 
 GLOBAL_KEYS = ("d_model", "n_layers", "norm", "norm_eps", "pos", "rope_base", "tie_embeddings")
@@ -295,15 +295,12 @@ class TransformerSpace(CategoricalSpace[Architecture]):
         :meth:`check_feasible`'s architecture are returned instead (not random, but feasible); when no
         architecture meets them, :class:`SpaceError` says why.
         """
-        rng = as_rng(rng)
-        choices = self.choices()
-        for _ in range(self.max_tries):
-            params = {name: ch[int(rng.integers(len(ch)))] for name, ch in choices.items()}
-            if self.is_feasible(params):
-                return params
-        witness = self.check_feasible()
-        assert witness is not None  # the draws only fail under limits
-        return self.encode(witness)
+        try:
+            return super().sample_params(rng)
+        except SpaceError:  # no feasible draw in max_tries
+            witness = self.check_feasible()
+            assert witness is not None  # the draws only fail under limits
+            return self.encode(witness)
 
     def active(self, params: Params) -> list[str]:
         """Decisions whose value matters: globals, and per-layer ones of layers below the depth that

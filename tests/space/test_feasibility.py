@@ -16,27 +16,8 @@ from llmnas.space.feasibility import QUANTITIES
 
 # Two-layer heterogeneous space with MoE and dense layers, uniform keys, windows and positions: 6,264
 # distinct architectures, few enough to enumerate.
-ENUM_SPACE = """
-name: enum
-vocab_size: 50
-max_seq_len: 32
-d_model: [32]
-n_layers: [1, 2]
-pos: [rope, learned]
-rope_base: [10000, 500000]
-layer:
-  n_heads: [2, 4]
-  kv_ratio: [1, 2]
-  attention: [full, sliding]
-  window: [4, 8]
-  ffn: [dense, moe]
-  activation: [swiglu, gelu]
-  ffn_mult: [2]
-  n_experts: [2, 4]
-  top_k: [1]
-  expert_mult: [1]
-uniform: [activation, window]
-"""
+from tests.space.test_transformer_space import SMALL_SPACE as ENUM_SPACE  # noqa: E402
+
 # Three layers, two widths, untied embeddings: depth and width both matter.
 DEEP_SPACE = """
 name: deep
