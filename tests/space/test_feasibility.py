@@ -13,10 +13,11 @@ from llmnas.errors import SpaceError
 from llmnas.space import Constraints, TransformerSpace, load_space
 from llmnas.space import feasibility as feas
 from llmnas.space.feasibility import QUANTITIES
+from tests.space.test_transformer_space import SMALL_SPACE
 
 # Two-layer heterogeneous space with MoE and dense layers, uniform keys, windows and positions: 6,264
-# distinct architectures, few enough to enumerate.
-from tests.space.test_transformer_space import SMALL_SPACE as ENUM_SPACE  # noqa: E402
+# distinct architectures, few enough to enumerate (the space tests' own).
+ENUM_SPACE = SMALL_SPACE
 
 # Three layers, two widths, untied embeddings: depth and width both matter.
 DEEP_SPACE = """
