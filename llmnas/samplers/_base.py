@@ -31,6 +31,7 @@ from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from llmnas.errors import SpaceError
 from llmnas.space.base import CategoricalSpace, Params
 
 if TYPE_CHECKING:
@@ -247,7 +248,10 @@ class SpaceSampler(BaseSampler, abc.ABC):
     ) -> Params | None:
         """A feasible candidate one active decision away from ``parent`` and not yet asked, if any."""
         for _ in range(tries):
-            child = space.mutate_params(parent, rng)
+            try:
+                child = space.mutate_params(parent, rng)
+            except SpaceError:  # the constraints leave the parent isolated: the caller looks elsewhere
+                return None
             if space.key(child) not in seen:
                 return child
         fresh = [p for p in space.neighbours(parent) if space.key(p) not in seen]

@@ -52,3 +52,21 @@ def test_invalid_sizes() -> None:
         RegularizedEvolutionSampler(population_size=1)
     with pytest.raises(ValueError, match="sample_size"):
         RegularizedEvolutionSampler(population_size=4, sample_size=5)
+
+
+def test_an_isolated_parent_is_not_an_error(tmp_path) -> None:
+    """Constraints that leave one architecture with no feasible neighbour: mutating it finds nothing, and
+    the sampler looks elsewhere instead of stopping the study."""
+    import numpy as np
+
+    from llmnas.space import Constraints, load_space
+
+    (tmp_path / "s.yaml").write_text(
+        "name: two\nvocab_size: 65\nmax_seq_len: 32\nd_model: [32, 48]\nn_layers: [1]\nlayer: {n_heads: [2]}\n")
+    space = load_space(tmp_path / "s.yaml")
+    small, large = sorted((space.sample(seed) for seed in range(20)), key=lambda a: a.param_counts().total)[::19]
+    assert small.id != large.id
+    only_small = space.with_constraints(Constraints(max_params=small.param_counts().total))
+    sampler = RegularizedEvolutionSampler(space=only_small, seed=0)
+    parent = only_small.encode(small)
+    assert sampler.unseen_mutation(only_small, parent, set(), np.random.default_rng(0)) is None
