@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
 
+from llmnas import interrupt
 from llmnas.errors import LlmnasError
 
 # Each module defines ``register(subparsers)``; the parser it adds sets ``func`` to a function that
@@ -30,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     # The command prints its own lines per trial; Optuna's INFO line per trial would repeat them. (A
     # program that imports llmnas keeps its own logging settings.)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    previous = signal.getsignal(signal.SIGINT)
+    interrupt.install()  # a Ctrl-C that lands in a garbage-collection callback is not lost
     try:
         return int(args.func(args) or 0)
     except LlmnasError as e:
@@ -38,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("llmnas: interrupted", file=sys.stderr)
         return 130
+    finally:
+        with contextlib.suppress(ValueError, TypeError):  # not the main thread / handler not from Python
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

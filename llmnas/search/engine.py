@@ -25,6 +25,7 @@ from accelerate.utils import broadcast_object_list
 from optuna.trial import FrozenTrial, TrialState
 
 import llmnas
+from llmnas import interrupt
 from llmnas.data import TokenData, prepare_data
 from llmnas.errors import LlmnasError, RecipeError
 from llmnas.recipe import Recipe
@@ -36,6 +37,7 @@ from llmnas.search.storage import (
     fail_lost_trials,
     make_storage,
     removed_on_error,
+    retry_trial,
     worker_id,
 )
 from llmnas.search.study import arch_attrs, counted, finished
@@ -319,13 +321,29 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], Any], st
         return objective(trial)
 
     while deadline is None or time.monotonic() < deadline:
+        interrupt.check()
         with lock:
             fail_lost_trials(study)
             optuna.storages.fail_stale_trials(study)
             trials = counted(study)
             if len(trials) >= n_trials and not any(t.state == TrialState.WAITING for t in trials):
                 return
-            study.optimize(start, n_trials=1, catch=TRIAL_FAILURES, callbacks=callbacks, gc_after_trial=False)
+            try:
+                study.optimize(start, n_trials=1, catch=TRIAL_FAILURES, callbacks=callbacks, gc_after_trial=False)
+            except KeyboardInterrupt:
+                requeue_interrupted(study)
+                raise
+
+
+def requeue_interrupted(study: optuna.Study) -> None:
+    """After Ctrl-C: Optuna has failed the trial this process was running; it says nothing about the
+    architecture, so it is queued again (the next run trains it first) with the reason on the study."""
+    me = worker_id()
+    for t in reversed(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))):
+        if t.user_attrs.get("worker") == me and "fail_reason" not in t.user_attrs:
+            study.set_user_attr(f"fail_reason_{t.number}", "interrupted (Ctrl-C)")
+            retry_trial(study, t)
+            return
 
 
 # ---------------------------------------------------------------------- entry points

@@ -120,13 +120,16 @@ def make_storage(
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat,
-            grace_period=grace,
-            heartbeat_stale_trial_callback=_stale_trial,
-        )
+        # Optuna creates its tables when it opens a storage: processes opening one new SQLite file at
+        # once (a search and a reader, two searches) would race on them.
+        with StudyLock(url):
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=_stale_trial,
+            )
     except Exception as e:  # noqa: BLE001 - SQLAlchemy's and Optuna's errors differ by backend; all mean "cannot open"
         reason = getattr(e, "orig", None) or e
         raise StorageError(f"storage {url!r}: cannot be opened as an Optuna study database: {reason}") from None
@@ -216,34 +219,50 @@ def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
 # ---------------------------------------------------------------------- the study lock
 class StudyLock:
     """An exclusive lock shared by every process that opens the same SQLite study file (``flock`` on
-    ``<file>.lock``); it serialises creating the study and starting trials. Other storages: no lock.
+    ``<file>.lock``); it serialises opening the storage (Optuna creates its tables then), creating the
+    study and starting trials. Other storages: no lock.
 
+    Re-entrant within a process (opening the storage while holding it to create a study is fine), and
     ``release`` may be called more than once (the trial that was started releases it early).
     """
+
+    _held: dict[Path, tuple[IO[str], int]] = {}  # lock file -> (open handle, depth) in this process
 
     def __init__(self, url: str) -> None:
         path = sqlite_path(url)
         self.path = None if path is None or os.name != "posix" else path.with_name(path.name + ".lock")
-        self._file: IO[str] | None = None
+        self._mine = False
 
     def acquire(self) -> None:
-        if self.path is None or self._file is not None:
+        if self.path is None or self._mine:
             return
-        import fcntl
+        key = self.path.resolve()
+        if key in self._held:
+            handle, depth = self._held[key]
+            self._held[key] = (handle, depth + 1)
+        else:
+            import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a")  # noqa: SIM115 - held until release()
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        self._file = handle
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a")  # noqa: SIM115 - held until the last release()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._held[key] = (handle, 1)
+        self._mine = True
 
     def release(self) -> None:
-        if self._file is None:
+        if not self._mine or self.path is None:
+            return
+        self._mine = False
+        key = self.path.resolve()
+        handle, depth = self._held[key]
+        if depth > 1:
+            self._held[key] = (handle, depth - 1)
             return
         import fcntl
 
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()
-        self._file = None
+        del self._held[key]
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
     def __enter__(self) -> StudyLock:
         self.acquire()

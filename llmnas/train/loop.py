@@ -26,6 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader, Subset
 
+from llmnas import interrupt
 from llmnas.data import EvalBlocks, RandomBlocks, TokenData
 from llmnas.errors import LlmnasError, RecipeError
 from llmnas.models.decoder import Decoder
@@ -228,6 +229,7 @@ def total_steps(cfg: TrainConfig, block_size: int, world_size: int) -> int | Non
 
 def _batch_sums(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-sequence summed cross-entropy and number of predicted tokens: ``(batch, 2)``."""
+    interrupt.check()
     logits = model(x).logits.float()
     losses = torch.nn.functional.cross_entropy(
         logits.view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-100, reduction="none"
@@ -371,9 +373,10 @@ def _micro_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batches:
     with accelerator.accumulate(net):
         loss, error = None, None
         try:
+            interrupt.check()  # Ctrl-C stops every process at the same step
             x, y = next(batches)
             loss = net(x, targets=y).loss
-        except Exception as e:  # noqa: BLE001 - announced to the other processes before the backward pass
+        except (Exception, KeyboardInterrupt) as e:  # announced to the other processes before the backward pass
             error = e
         value = mean_loss_or_failure(loss, error, accelerator)
         if not math.isfinite(value):  # every process sees the same mean, so every process stops here

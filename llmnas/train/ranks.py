@@ -60,7 +60,7 @@ def run_guarded(accelerator: Accelerator, fn: Callable[..., T], *args: Any) -> T
     result = None
     try:
         result = fn(*args)
-    except Exception as e:  # noqa: BLE001 - any failure must be announced to the other processes
+    except (Exception, KeyboardInterrupt) as e:  # any failure must be announced to the other processes
         error = e
     raise_if_any_failed(error, accelerator)
     return result  # type: ignore[return-value]

@@ -59,20 +59,26 @@ def start_search(recipe: Path, *args: str) -> subprocess.Popen:
     return proc
 
 
-def wait_for(db: Path, condition, timeout: float = 240) -> list[optuna.trial.FrozenTrial]:
-    """Poll the study until ``condition(trials)`` holds; return the trials."""
+def wait_for(db: Path, condition, timeout: float = 240, proc: subprocess.Popen | None = None) -> list:
+    """Poll the study until ``condition(trials)`` holds; return the trials (fail at once if ``proc`` ends)."""
     deadline = time.monotonic() + timeout
+    seen: object = "no study yet"
     while time.monotonic() < deadline:
-        time.sleep(0.3)
+        time.sleep(0.2)
         if not db.exists():
             continue
         try:
             trials = load_study(db, "t").trials
-        except Exception:  # noqa: BLE001 - the study is still being created
-            continue
-        if condition(trials):
-            return trials
-    pytest.fail(f"the study did not reach the expected state in {timeout} s")
+        except Exception as e:  # noqa: BLE001 - the study is still being created
+            seen, trials = e, None
+        if trials is not None:
+            seen = [t.state.name for t in trials]
+            if condition(trials):
+                return trials
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the search ended (exit {proc.returncode}) before the expected state ({seen}): "
+                        f"{proc.stderr.read()[-3000:] if proc.stderr else ''}")
+    pytest.fail(f"the study did not reach the expected state in {timeout} s; last seen: {seen}")
 
 
 def complete(trials) -> list:
@@ -232,3 +238,21 @@ def test_four_processes_create_one_new_study_at_once(tmp_path) -> None:
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, "\n".join(errors)[-3000:]
     assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'runs/t/study.db'}")] == ["t"]
+
+
+def test_an_interrupted_search_queues_its_trial_again(tmp_path) -> None:
+    recipe = write_recipe(tmp_path, n_trials=2, seconds=3.0)
+    db = tmp_path / "runs" / "t" / "study.db"
+    proc = start_search(recipe, "--quiet")
+    wait_for(db, lambda ts: any(t.state == TrialState.RUNNING for t in ts), proc=proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err
+    study = load_study(db, "t")
+    interrupted = study.trials[0]
+    assert interrupted.state == TrialState.FAIL and fail_reason(study, interrupted) == "interrupted (Ctrl-C)"
+    assert study.trials[1].state == TrialState.WAITING and study.trials[1].params == interrupted.params
+    study = run_search(recipe_from_dict(yaml.safe_load(recipe.read_text())), show_progress=False).study
+    assert [t.state for t in counted(study)] == [TrialState.COMPLETE] * 2
+    assert study.trials[1].params == interrupted.params  # the retry ran first
