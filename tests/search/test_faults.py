@@ -114,7 +114,7 @@ def test_a_killed_search_is_resumed_at_once_to_exactly_n_trials(tmp_path) -> Non
 
 def test_a_killed_worker_process_is_reported_and_its_trial_retried(tmp_path) -> None:
     # Enough trials that the second worker (a fresh process: imports, data) gets to run some.
-    recipe = write_recipe(tmp_path, n_trials=16, seconds=1.0)
+    recipe = write_recipe(tmp_path, n_trials=16, seconds=0.6)
     db = tmp_path / "runs" / "t" / "study.db"
     proc = start_search(recipe, "--workers", "2")
 
