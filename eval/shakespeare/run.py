@@ -184,14 +184,14 @@ def write_table(results: dict, out: Path) -> None:
              for r in results.get("retrain", [])]
     lines = [
         "| model | params | search loss (holdout) | val loss (mean ± std) | vs baseline | nanoGPT estimate "
-        "(20 batches) | ms/step |",
+        "(20 batches) | ms/step (median) |",
         "|---|---:|---:|---:|---:|---:|---:|",
         f"| nanoGPT baby GPT: nanoGPT README (published) | 0.80M | | | | {NANOGPT_README_LOSS:.2f} | |",
     ]
     for name, params, search_loss, runs in rows:
         mean, std = stats(runs)
         est_mean, est_std = stats(runs, "nanogpt_estimates")
-        ms = statistics.mean(x["ms_per_step"] for x in runs)
+        ms = statistics.median(x["ms_per_step"] for x in runs)  # a burst of load on the shared cores hits one seed
         lines.append(f"| {name} | {params / 1e6:.3f}M | {'' if search_loss is None else f'{search_loss:.4f}'} | "
                      f"{mean:.4f} ± {std:.4f} | {mean - base_mean:+.4f} | {est_mean:.3f} ± {est_std:.3f} | {ms:.1f} |")
     draws = len(results["baseline"]["runs"][0]["nanogpt_estimates"])
@@ -213,7 +213,9 @@ def write_table(results: dict, out: Path) -> None:
                      f"split's loss after {s['trial_steps']} steps); total search time "
                      f"{s['wall_seconds_study'] / 60:.1f} min ({s['train_seconds'] / 60:.1f} min of training).")
     m = results["machine"]
-    notes.append(f"Machine: {m['processor']}, {m['torch_threads']} torch threads, torch {m['torch']}.")
+    notes.append(f"Machine: {m['processor']}, {m['torch_threads']} torch threads, torch {m['torch']}; ms/step is the "
+                 "training time per step (evaluation excluded), median over the seeds, measured while other jobs may "
+                 "share the cores: a rough guide only, unlike the losses, which do not depend on the load.")
     text = "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
     (out / "shakespeare.md").write_text(text)
     print(text)
