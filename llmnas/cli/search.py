@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shlex
@@ -90,8 +91,11 @@ def retrain(args: argparse.Namespace) -> int:
     if args.seed is not None:
         cfg = cfg.replace(seed=args.seed)
     accelerator = make_accelerator(cfg)
+    # The search selected on data.holdout (carved from the training split); the winner retrains on the
+    # whole training split and is scored on the corpus's own validation split, which the search never saw.
+    data_cfg = dataclasses.replace(recipe.data, holdout=None)
     with accelerator.main_process_first():
-        data = prepare_data(recipe.data)
+        data = prepare_data(data_cfg)
     if args.arch is not None:
         arch = Architecture.load(args.arch)
         origin = str(args.arch)
@@ -110,7 +114,9 @@ def retrain(args: argparse.Namespace) -> int:
     model, result = train(arch, data, cfg, accelerator)
     if accelerator.is_main_process:
         save_checkpoint(model, out, tokenizer=data.tokenizer)
-        record = {"arch_id": arch.id, "origin": origin, "seed": cfg.seed, **result.to_dict()}
+        split = {"n_train_tokens": data.meta.n_train_tokens, "n_val_tokens": data.meta.n_val_tokens,
+                 "search_holdout": recipe.data.holdout}
+        record = {"arch_id": arch.id, "origin": origin, "seed": cfg.seed, "data": split, **result.to_dict()}
         (out / "result.json").write_text(json.dumps(record, indent=2) + "\n")
         bpb = f", {result.bits_per_byte:.4f} bits/byte" if result.bits_per_byte else ""
         print(f"validation loss {result.val_loss:.4f} nats/token{bpb} after {result.steps} steps, "

@@ -274,3 +274,25 @@ def test_the_best_trials_keep_their_weights(tmp_path) -> None:
     small["study"] = "small"
     run_search(recipe_from_dict(small), show_progress=False)
     assert not (tmp_path / "runs" / "small" / "trials").exists()  # too large to keep
+
+
+def test_retraining_ignores_the_search_holdout(tmp_path) -> None:
+    """The search selects on data.holdout; `llmnas train` retrains on the whole training split and scores on
+    the corpus's own validation split."""
+    from llmnas.cli import main
+    from llmnas.data import DataConfig
+
+    raw = make_recipe(tmp_path)
+    raw["data"]["holdout"] = 0.1
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    recipe = recipe_from_dict(raw)
+    arch = prepare_space(recipe, prepare_data(recipe.data)).sample(0)
+    arch.save(tmp_path / "arch.json")
+    assert main(["train", str(tmp_path / "r.yaml"), "--arch", str(tmp_path / "arch.json"), "--out",
+                 str(tmp_path / "ckpt")]) == 0
+    split = json.loads((tmp_path / "ckpt" / "result.json").read_text())["data"]
+    whole = prepare_data(DataConfig.from_dict({**raw["data"], "holdout": None}))
+    carved = prepare_data(recipe.data)
+    assert split["n_train_tokens"] == whole.meta.n_train_tokens > carved.meta.n_train_tokens
+    assert split["n_val_tokens"] == whole.meta.n_val_tokens != carved.meta.n_val_tokens
+    assert split["search_holdout"] == 0.1
