@@ -72,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    from llmnas.space import yaml_io
+
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -79,7 +81,7 @@ def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
         if not sep or not dot or not strategy or not name:
             raise RecipeError(f"--option {item!r} must read STRATEGY.KEY=VALUE (e.g. evolution.population_size=20)")
         try:
-            out.setdefault(strategy, {})[name] = yaml.safe_load(value)
+            out.setdefault(strategy, {})[name] = yaml_io.load(value)  # 1e-3 is a number, as in recipes
         except yaml.YAMLError:
             raise RecipeError(f"--option {item!r}: {value!r} is not a valid value") from None
     return out

@@ -188,3 +188,11 @@ def test_cli_errors_exit_2_with_one_message(args, message, tmp_path, capsys) -> 
 def test_cli_missing_data_folder(tmp_path, capsys) -> None:
     assert main(["bench", "nb201", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "data folder not found" in capsys.readouterr().err
+
+
+def test_strategy_options_read_numbers_as_recipes_do() -> None:
+    from llmnas.cli.bench import parse_options
+
+    options = parse_options(["thompson.noise=1e-1", "ts-prior3.prior=3", "rl.controller=lstm"])
+    assert options == {"thompson": {"noise": 0.1}, "ts-prior3": {"prior": 3}, "rl": {"controller": "lstm"}}
+    assert isinstance(options["thompson"]["noise"], float)  # plain YAML 1.1 reads 1e-1 as a string
