@@ -198,6 +198,10 @@ ROWS: dict[str, Row] = {
                                 ["--seed -3: must be a non-negative integer"], {"arch.json": ARCH}),
     # ---- the search command's own flags and storages (llmnas/cli/search.py, llmnas/search)
     "timeout-neg": Row(["search", "{tmp}/r.yaml", "--timeout", "-5"], ["--timeout", "-5"], BASE),
+    "search-missing-data": Row(["search", "{tmp}/r.yaml", "--set", "data.source={tmp}/nope.txt"],
+                               ["r.yaml: data: data source", "nope.txt' does not exist"], BASE),
+    "train-missing-tokenizer": Row(["train", "{tmp}/r.yaml", "--set", "data.tokenizer={tmp}/tok", "--trial", "best"],
+                                   ["r.yaml: data: tokenizer path", "tok' does not exist"], BASE),
     "storage-unknown-scheme": Row(["search", "{tmp}/r.yaml", "--storage", "foo://bar"], ["foo://bar"], BASE),
     "storage-postgres-no-driver": Row(["search", "{tmp}/r.yaml", "--storage", "postgresql://u@localhost/db"],
                                       ["postgresql://u@localhost/db"], BASE, fresh=True),

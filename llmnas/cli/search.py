@@ -79,10 +79,10 @@ def search(args: argparse.Namespace) -> int:
 
 
 def retrain(args: argparse.Namespace) -> int:
-    from llmnas.data import prepare_data
     from llmnas.errors import RecipeError
     from llmnas.export import save_checkpoint
     from llmnas.search import load_study, select_trial, trial_arch
+    from llmnas.search.engine import recipe_data
     from llmnas.space.arch import Architecture
     from llmnas.train import make_accelerator, train
 
@@ -95,7 +95,7 @@ def retrain(args: argparse.Namespace) -> int:
     # whole training split and is scored on the corpus's own validation split, which the search never saw.
     data_cfg = dataclasses.replace(recipe.data, holdout=None)
     with accelerator.main_process_first():
-        data = prepare_data(data_cfg)
+        data = recipe_data(recipe, data_cfg)
     if args.arch is not None:
         arch = Architecture.load(args.arch)
         origin = str(args.arch)

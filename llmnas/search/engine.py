@@ -26,8 +26,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 import llmnas
 from llmnas import interrupt
-from llmnas.data import TokenData, prepare_data
-from llmnas.errors import LlmnasError, RecipeError
+from llmnas.data import DataConfig, TokenData, prepare_data
+from llmnas.errors import DataError, LlmnasError, RecipeError
 from llmnas.recipe import Recipe
 from llmnas.search.checkpoints import best_trained, remove_outside, trial_dir, weights_mb
 from llmnas.search.progress import Progress, print_header, write_summary
@@ -70,6 +70,14 @@ class SearchSummary:
 
 
 # ---------------------------------------------------------------------- set-up
+def recipe_data(recipe: Recipe, cfg: DataConfig | None = None) -> TokenData:
+    """``prepare_data`` of the recipe's data section (or ``cfg``); a data error names the recipe file."""
+    try:
+        return prepare_data(cfg or recipe.data)
+    except DataError as e:
+        raise DataError(f"{recipe.source}: data: {e}") from None
+
+
 def prepare_space(recipe: Recipe, data: TokenData) -> TransformerSpace:
     """The recipe's space for this tokenizer and block size, with the recipe's extra constraints (checked
     when the recipe was read).
@@ -372,7 +380,7 @@ def run_search(
     if workers > 1 and accelerator.num_processes > 1:
         raise RecipeError("use either --workers K or accelerate launch with several processes, not both")
     with accelerator.main_process_first():
-        data = prepare_data(recipe.data)
+        data = recipe_data(recipe)
     space = prepare_space(recipe, data)
     if not accelerator.is_main_process:
         follow(recipe, data, accelerator)
