@@ -11,6 +11,7 @@ Shapes: B batch, T time, D model width, H query heads, G KV heads, hs head width
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -117,6 +118,15 @@ class AttentionContext:
 
 
 # ---------------------------------------------------------------------- modules
+def norm(x: torch.Tensor, weight: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
+    """RMSNorm or LayerNorm (no bias) over the last ``weight.shape[0]`` channels: what :func:`make_norm`'s
+    modules compute, as a function of the weight (the supernet passes a slice)."""
+    shape = (weight.shape[0],)
+    if kind == "rmsnorm":
+        return F.rms_norm(x, shape, weight, eps)
+    return F.layer_norm(x, shape, weight, None, eps)
+
+
 def make_norm(arch: Architecture) -> nn.Module:
     if arch.norm == "rmsnorm":
         return nn.RMSNorm(arch.d_model, eps=arch.norm_eps)
@@ -136,25 +146,42 @@ class Attention(nn.Module):
         self.out = nn.Linear(spec.q_dim, d_model, bias=False)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        B, T, _ = x.shape
-        s = self.spec
-        q = self.q(x).view(B, T, s.n_heads, s.head_dim).transpose(1, 2)  # (B, H, T, hs)
-        k = self.k(x).view(B, T, s.n_kv_heads, s.head_dim).transpose(1, 2)  # (B, G, T, hs)
-        v = self.v(x).view(B, T, s.n_kv_heads, s.head_dim).transpose(1, 2)  # (B, G, T, hs)
-        if self.pos == "rope":
-            cos, sin = ctx.rope(s.head_dim)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        bias = ctx.bias(s)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=bias,
-            is_causal=bias is None,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=s.n_kv_heads != s.n_heads,
-        )  # (B, H, T, hs)
-        return self.out(y.transpose(1, 2).reshape(B, T, s.q_dim))
+        dropout = self.dropout if self.training else 0.0
+        return attend(x, self.q.weight, self.k.weight, self.v.weight, self.out.weight, self.spec, self.pos, ctx, dropout)
+
+
+def attend(
+    x: torch.Tensor,
+    wq: torch.Tensor,
+    wk: torch.Tensor,
+    wv: torch.Tensor,
+    wo: torch.Tensor,
+    spec: AttentionSpec,
+    pos: str,
+    ctx: AttentionContext,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """Causal self-attention of ``x`` ``(B, T, D)`` with projection weights ``wq (H*hs, D)``, ``wk, wv
+    (G*hs, D)`` and ``wo (D, H*hs)``: :class:`Attention`'s computation, shared with the supernet."""
+    B, T, _ = x.shape
+    s = spec
+    q = F.linear(x, wq).view(B, T, s.n_heads, s.head_dim).transpose(1, 2)  # (B, H, T, hs)
+    k = F.linear(x, wk).view(B, T, s.n_kv_heads, s.head_dim).transpose(1, 2)  # (B, G, T, hs)
+    v = F.linear(x, wv).view(B, T, s.n_kv_heads, s.head_dim).transpose(1, 2)  # (B, G, T, hs)
+    if pos == "rope":
+        cos, sin = ctx.rope(s.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    bias = ctx.bias(s)
+    y = F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=bias,
+        is_causal=bias is None,
+        dropout_p=dropout,
+        enable_gqa=s.n_kv_heads != s.n_heads,
+    )  # (B, H, T, hs)
+    return F.linear(y.transpose(1, 2).reshape(B, T, s.q_dim), wo)
 
 
 def activate(h: torch.Tensor, activation: str) -> torch.Tensor:
@@ -182,9 +209,18 @@ class FeedForward(nn.Module):
         self.down = nn.Linear(hidden, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate is not None:
-            return self.down(F.silu(self.gate(x)) * self.up(x))
-        return self.down(activate(self.up(x), self.activation))
+        gate = None if self.gate is None else self.gate.weight
+        return feed_forward(x, gate, self.up.weight, self.down.weight, self.activation)
+
+
+def feed_forward(
+    x: torch.Tensor, gate: torch.Tensor | None, up: torch.Tensor, down: torch.Tensor, activation: str
+) -> torch.Tensor:
+    """:class:`FeedForward` as a function of its weights: ``gate, up (hidden, D)``, ``down (D, hidden)``;
+    ``gate`` is used (and required) for SwiGLU only."""
+    if activation == "swiglu":
+        return F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
+    return F.linear(activate(F.linear(x, up), activation), down)
 
 
 class MixtureOfExperts(nn.Module):
@@ -211,35 +247,57 @@ class MixtureOfExperts(nn.Module):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router probabilities ``(N, E)``, top-k weights ``(N, k)`` and expert indices ``(N, k)``."""
-        probs = self.router(x).float().softmax(dim=-1)
-        weights, experts = probs.topk(self.spec.top_k, dim=-1)
-        return probs, weights / weights.sum(dim=-1, keepdim=True), experts
+        return route(x, self.router.weight, self.spec.top_k)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, T, D = x.shape
-        flat = x.reshape(-1, D)  # (N, D)
-        probs, weights, experts = self.route(flat)
-        k, E = self.spec.top_k, self.spec.n_experts
-        expert_of = experts.reshape(-1)  # (N*k,)
-        order = expert_of.argsort(stable=True)
-        counts = torch.bincount(expert_of, minlength=E)
-        token_of = order // k
-        xs = flat[token_of]  # (N*k, D), grouped by expert
         # unbind once: indexing the 3-D weights per expert would make backward fill E full-size zero grads.
-        ups, downs = self.up.unbind(0), self.down.unbind(0)
-        outs = []
-        for e, chunk in enumerate(xs.split(counts.tolist())):
-            if chunk.shape[0]:
-                outs.append(F.linear(activate(F.linear(chunk, ups[e]), self.spec.activation), downs[e]))
-        ys = torch.cat(outs) * weights.reshape(-1)[order, None].to(x.dtype)
-        out = torch.zeros_like(flat).index_add_(0, token_of, ys)
+        shared = None
         if self.shared is not None:
-            out = out + self.shared(flat)
-        # Load-balancing loss as in Switch Transformer / transformers' Mixtral: E * sum_e f_e * P_e,
-        # with f_e the share of tokens whose top-k includes e; it equals k when routing is uniform.
-        frac_tokens = counts.to(probs.dtype) / flat.shape[0]
-        aux = E * (frac_tokens * probs.mean(dim=0)).sum()
-        return out.view(B, T, D), aux
+            s = self.shared
+            shared = (None if s.gate is None else s.gate.weight, s.up.weight, s.down.weight)
+        return mixture_of_experts(x, self.router.weight, self.up.unbind(0), self.down.unbind(0), shared, self.spec)
+
+
+def route(x: torch.Tensor, router: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mixtral routing of ``x (N, D)``: softmax over ``router (E, D)``'s logits, top-k, renormalised."""
+    probs = F.linear(x, router).float().softmax(dim=-1)
+    weights, experts = probs.topk(top_k, dim=-1)
+    return probs, weights / weights.sum(dim=-1, keepdim=True), experts
+
+
+def mixture_of_experts(
+    x: torch.Tensor,
+    router: torch.Tensor,
+    ups: Sequence[torch.Tensor],
+    downs: Sequence[torch.Tensor],
+    shared: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor] | None,
+    spec: MoEFFN,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:class:`MixtureOfExperts` as a function of its weights: ``router (E, D)``, one ``up`` per expert
+    ``(up_width, D)`` (``[gate; up]`` for SwiGLU), one ``down`` per expert ``(D, hidden)``, and the shared
+    expert's ``(gate, up, down)`` or ``None``. Returns the output and the load-balancing loss."""
+    B, T, D = x.shape
+    flat = x.reshape(-1, D)  # (N, D)
+    probs, weights, experts = route(flat, router, spec.top_k)
+    k, E = spec.top_k, spec.n_experts
+    expert_of = experts.reshape(-1)  # (N*k,)
+    order = expert_of.argsort(stable=True)
+    counts = torch.bincount(expert_of, minlength=E)
+    token_of = order // k
+    xs = flat[token_of]  # (N*k, D), grouped by expert
+    outs = []
+    for e, chunk in enumerate(xs.split(counts.tolist())):
+        if chunk.shape[0]:
+            outs.append(F.linear(activate(F.linear(chunk, ups[e]), spec.activation), downs[e]))
+    ys = torch.cat(outs) * weights.reshape(-1)[order, None].to(x.dtype)
+    out = torch.zeros_like(flat).index_add_(0, token_of, ys)
+    if shared is not None:
+        out = out + feed_forward(flat, *shared, spec.activation)
+    # Load-balancing loss as in Switch Transformer / transformers' Mixtral: E * sum_e f_e * P_e,
+    # with f_e the share of tokens whose top-k includes e; it equals k when routing is uniform.
+    frac_tokens = counts.to(probs.dtype) / flat.shape[0]
+    aux = E * (frac_tokens * probs.mean(dim=0)).sum()
+    return out.view(B, T, D), aux
 
 
 class Block(nn.Module):
@@ -266,6 +324,15 @@ class Block(nn.Module):
             out, aux = self.ffn(h)
             return x + self.drop(out), aux * self.ffn.spec.aux_loss_weight
         return x + self.drop(self.ffn(h)), None
+
+
+def lm_output(logits: torch.Tensor, targets: torch.Tensor | None, aux_total: torch.Tensor | None) -> DecoderOutput:
+    """Wrap ``logits`` ``(B, T, V)``; with ``targets`` (``-100`` = ignored), add the loss."""
+    if targets is None:
+        return DecoderOutput(logits=logits, aux_loss=aux_total)
+    ce = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+    loss = ce if aux_total is None else ce + aux_total
+    return DecoderOutput(logits=logits, loss=loss, ce_loss=ce, aux_loss=aux_total)
 
 
 class Decoder(nn.Module):
@@ -321,12 +388,7 @@ class Decoder(nn.Module):
             x, aux = layer(x, ctx)
             if aux is not None:
                 aux_total = aux if aux_total is None else aux_total + aux
-        logits = F.linear(self.norm(x), self.output_weight)  # (B, T, V)
-        if targets is None:
-            return DecoderOutput(logits=logits, aux_loss=aux_total)
-        ce = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        loss = ce if aux_total is None else ce + aux_total
-        return DecoderOutput(logits=logits, loss=loss, ce_loss=ce, aux_loss=aux_total)
+        return lm_output(F.linear(self.norm(x), self.output_weight), targets, aux_total)
 
     def num_parameters(self) -> int:
         """Distinct parameters (a tied output head counted once)."""
