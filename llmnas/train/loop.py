@@ -260,16 +260,27 @@ class _Loaders:
     quick_val: DataLoader
 
 
-def _loaders(data: TokenData, cfg: TrainConfig, block: int, steps_budget: int | None, world: int) -> _Loaders:
-    micro_batches = (steps_budget or 10**9) * cfg.grad_accum * world
-    train_ds = RandomBlocks(data.train, block, num_samples=micro_batches * cfg.batch_size, seed=cfg.seed)
+def validation_loaders(data: TokenData, cfg: TrainConfig, block: int) -> tuple[DataLoader, DataLoader]:
+    """The whole validation split, and the ``cfg.eval_blocks`` evenly spaced windows of it used by
+    intermediate validations (the same loader when the split is not larger)."""
     val_ds = EvalBlocks(data.val, block)
     full_val = DataLoader(val_ds, batch_size=cfg.eval_batch_size)
     quick_val = full_val
     if cfg.eval_blocks is not None and cfg.eval_blocks < len(val_ds):
         picks = np.linspace(0, len(val_ds) - 1, cfg.eval_blocks).round().astype(int).tolist()
         quick_val = DataLoader(Subset(val_ds, picks), batch_size=cfg.eval_batch_size)
-    return _Loaders(DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=False), full_val, quick_val)
+    return full_val, quick_val
+
+
+def training_loader(data: TokenData, cfg: TrainConfig, block: int, steps_budget: int | None, world: int) -> DataLoader:
+    """Random training windows for the whole budget (item ``i`` depends on ``(cfg.seed, i)`` only)."""
+    micro_batches = (steps_budget or 10**9) * cfg.grad_accum * world
+    train_ds = RandomBlocks(data.train, block, num_samples=micro_batches * cfg.batch_size, seed=cfg.seed)
+    return DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=False)
+
+
+def _loaders(data: TokenData, cfg: TrainConfig, block: int, steps_budget: int | None, world: int) -> _Loaders:
+    return _Loaders(training_loader(data, cfg, block, steps_budget, world), *validation_loaders(data, cfg, block))
 
 
 def train(
@@ -291,7 +302,7 @@ def train(
         TrainingPruned: ``report`` asked to stop.
         TrainingFailed: another process raised (this process raises its own exception when it is the one).
     """
-    _check_accelerator(accelerator, cfg)
+    check_accelerator(accelerator, cfg)
     block = arch.max_seq_len
     world = accelerator.num_processes
     steps_budget = total_steps(cfg, block, world)
@@ -389,7 +400,7 @@ def _micro_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batches:
     return value
 
 
-def _check_accelerator(accelerator: Accelerator, cfg: TrainConfig) -> None:
+def check_accelerator(accelerator: Accelerator, cfg: TrainConfig) -> None:
     if accelerator.gradient_accumulation_steps != cfg.grad_accum:
         raise ValueError(
             f"the Accelerator accumulates {accelerator.gradient_accumulation_steps} micro-batches but train.grad_accum "

@@ -1,0 +1,61 @@
+"""The ``supernet:`` section of a recipe: how ``llmnas supernet train`` trains the weight-shared supernet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmnas.errors import RecipeError
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupernetConfig:
+    """The sandwich rule, distillation and progressive shrinking (the budget is ``supernet.train``)."""
+
+    largest: bool = True
+    """Train the largest subnet at every step (by parameters; under the recipe's constraints)."""
+    smallest: bool = True
+    """Train the smallest subnet at every step."""
+    random_subnets: int = 2
+    """Uniformly random subnets per step, beside the largest and smallest (the sandwich rule)."""
+    distill: float = 0.0
+    """In-place distillation: every other subnet's loss is ``(1 - distill) * CE + distill * KL(teacher ||
+    subnet)``, the teacher being the largest subnet's (detached) predictions at the same step. Needs
+    ``largest``."""
+    shrink_stages: int = 1
+    """Progressive shrinking: the run is cut into this many equal stages; in stage ``s`` (from 1) the random
+    subnets are drawn among architectures with at least as many parameters as the ``1 - s / stages``
+    quantile of a sample of the space: the first stage trains the largest ``1 / stages`` of the space, the
+    last stage all of it. 1: off."""
+    pool_size: int = 2000
+    """Random architectures sampled once (from ``seed``) to find the largest and smallest subnets under the
+    constraints and the size quantiles of progressive shrinking."""
+    seed: int = 0
+    """Seeds the architectures of every step: step ``t`` draws from ``(seed, t)``, the same on every process
+    and after a resume."""
+    checkpoint_interval: int = 0
+    """Optimizer steps between checkpoints (weights, optimizer, step); 0: at the end only. A run started
+    again resumes from the last one."""
+    out: str | None = None
+    """Folder of the supernet; default ``<run_dir>/<study>/supernet``."""
+
+    def __post_init__(self) -> None:
+        for name in ("random_subnets", "checkpoint_interval"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise RecipeError(f"supernet.{name}={value!r}: must be a non-negative integer")
+        for name in ("shrink_stages", "pool_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RecipeError(f"supernet.{name}={value!r}: must be a positive integer")
+        if not self.largest + self.smallest + self.random_subnets:
+            raise RecipeError("supernet: no subnet to train: set largest, smallest or random_subnets > 0")
+        if not 0.0 <= self.distill <= 1.0:
+            raise RecipeError(f"supernet.distill={self.distill!r}: must be in [0, 1]")
+        if self.distill and not self.largest:
+            raise RecipeError("supernet.distill needs supernet.largest: true (the largest subnet is the teacher)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise RecipeError(f"supernet.seed={self.seed!r}: must be a non-negative integer")
+
+    @property
+    def n_subnets(self) -> int:
+        return int(self.largest) + int(self.smallest) + self.random_subnets

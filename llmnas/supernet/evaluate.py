@@ -1,0 +1,76 @@
+"""Scoring subnets with inherited weights."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from llmnas.data import TokenData
+from llmnas.models.decoder import DecoderOutput
+from llmnas.space.arch import Architecture
+from llmnas.train.loop import TrainConfig, evaluate, validation_loaders
+
+
+class SubnetView(nn.Module):
+    """One architecture of a supernet, called like a :class:`~llmnas.models.decoder.Decoder`:
+    ``view(idx, targets=None)``. It holds no weights of its own (the supernet's are shared)."""
+
+    def __init__(self, net: nn.Module, arch: Architecture) -> None:
+        super().__init__()
+        self.net, self.arch = net, arch
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> DecoderOutput:
+        return self.net(idx, self.arch, targets)
+
+
+@dataclass
+class SubnetScore:
+    """Validation of one subnet with inherited weights."""
+
+    val_loss: float
+    """Mean cross-entropy, nats per token, over the evaluated windows."""
+    bits_per_byte: float | None
+    bits_per_char: float | None
+    windows: int
+    """Validation windows evaluated (``eval_blocks`` evenly spaced ones, or the whole split)."""
+    eval_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate_subnet(
+    supernet: nn.Module,
+    arch: Architecture,
+    data: TokenData,
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+    *,
+    whole_split: bool = False,
+) -> SubnetScore:
+    """Validation loss of ``arch`` with the supernet's weights, on ``cfg.eval_blocks`` evenly spaced
+    windows of the validation split (the windows a from-scratch trial's intermediate validations use), or
+    on the whole split with ``whole_split``. Every process calls it; the windows are split among them."""
+    supernet.check(arch)  # type: ignore[operator]
+    full, quick = validation_loaders(data, cfg, arch.max_seq_len)
+    loader = accelerator.prepare(full if whole_split else quick)
+    t0 = time.perf_counter()
+    loss_sum, n = evaluate(SubnetView(supernet, arch), loader, accelerator)
+    seconds = time.perf_counter() - t0
+    bits = loss_sum / math.log(2)
+    # bytes and characters of the evaluated windows, in proportion to their tokens
+    share = n / max(1, len(data.val) - 1)
+    meta = data.meta
+    return SubnetScore(
+        val_loss=loss_sum / n,
+        bits_per_byte=bits / (meta.val_bytes * share) if meta.val_bytes else None,
+        bits_per_char=bits / (meta.val_chars * share) if meta.val_chars else None,
+        windows=len(loader.dataset),
+        eval_seconds=seconds,
+    )
