@@ -26,6 +26,7 @@ from typing import Any
 
 from llmnas.data import DataConfig
 from llmnas.errors import DataError, LlmnasError, RecipeError
+from llmnas.proxies import PROXIES, objective_name
 from llmnas.space import SPACES_DIR, read_yaml_mapping, resolve_space_path
 from llmnas.space.yaml_io import parse_value, yaml_type
 from llmnas.space.yaml_space import CONSTRAINT_KEYS
@@ -40,8 +41,15 @@ OBJECTIVES = {
     "non_embedding_params": ("minimize", "parameters outside the embeddings"),
     "flops_per_token": ("minimize", "forward FLOPs per token at the block size"),
     "kv_cache_bytes_per_token": ("minimize", "KV-cache bytes per token (bf16)"),
+    # neg_synflow, neg_grad_norm, ...: a zero-cost proxy as a minimised objective (negated when larger is better)
+    **{
+        objective_name(name): ("minimize", f"zero-cost proxy {name} at initialisation"
+                               + (", negated" if proxy.direction == "maximize" else ""))
+        for name, proxy in PROXIES.items()
+    },
 }
 QUALITY = ("val_loss", "bits_per_byte")
+EVALUATORS = ("scratch", "proxy", "supernet")
 PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband")
 CONSTRAINT_MODES = ("reject", "sampler")
 BUDGET_KEYS = {"max_steps", "max_tokens", "max_seconds"}
@@ -71,9 +79,34 @@ class SearchConfig:
     """Trials the study should hold when done; re-running the command resumes up to this number."""
     timeout: float | None = None
     """Stop starting new trials after this many seconds of this run (positive, or ``None``: no limit)."""
+    evaluator: str = "scratch"
+    """How a trial scores its architecture:
+
+    - ``scratch``: train it from scratch with the ``train`` section's per-trial budget (the pruner reads its
+      intermediate validation losses; the best trials' weights are kept).
+    - ``proxy``: compute the zero-cost proxy ``search.proxy`` at initialisation instead of training (well
+      under a second); nothing is trained or kept. The first objective must be that proxy's objective
+      (``neg_synflow`` for ``proxy: synflow``), and ``val_loss``/``bits_per_byte`` are not available.
+    - ``supernet``: evaluate it on the validation split with the weights it inherits from the trained
+      supernet checkpoint ``search.supernet`` (no training).
+
+    The evaluator, with the proxy's name or the supernet checkpoint's id, is part of the study's set-up: a
+    study is not resumed with another one. Every trial records it (user attribute ``evaluator``, and
+    ``proxy`` or ``supernet``/``supernet_id``)."""
+    proxy: str | None = None
+    """With ``evaluator: proxy``: ``synflow``, ``grad_norm`` (on one training batch of the recipe's batch
+    size, seeded with ``train.seed``), ``params`` or ``non_embedding_params`` (see :mod:`llmnas.proxies`)."""
+    supernet: str | None = None
+    """With ``evaluator: supernet``: a trained supernet's folder (its latest checkpoint is used) or one
+    ``checkpoint-<step>`` folder; a path given must exist. Default: the recipe's own supernet folder
+    (``supernet.out``, else ``<run_dir>/<study>/supernet``), which must exist when the search starts."""
     objectives: tuple[str, ...] = ("val_loss",)
-    """What is minimised: ``val_loss`` or ``bits_per_byte`` first, then optionally ``params``,
-    ``active_params``, ``non_embedding_params``, ``flops_per_token``, ``kv_cache_bytes_per_token``."""
+    """What is minimised: ``val_loss`` or ``bits_per_byte`` first (with ``evaluator: proxy``: the proxy's
+    objective), then optionally ``params``, ``active_params``, ``non_embedding_params``, ``flops_per_token``,
+    ``kv_cache_bytes_per_token``, and zero-cost proxies as objectives. Every objective is minimised, so a
+    proxy for which larger is better (all four are) is named ``neg_<proxy>`` and its value is the negated
+    score: ``neg_synflow``, ``neg_grad_norm``, ``neg_params``, ``neg_non_embedding_params``. Beside
+    ``val_loss`` (``evaluator: scratch``) a proxy objective is computed on the untrained model of the trial."""
     constraints: dict[str, int] = field(default_factory=dict)
     """Hard limits added to the space's own (``max_params``, ``min_params``, ``max_active_params``, ...);
     positive integers (``8e5`` is read as 800000)."""
@@ -350,6 +383,7 @@ def _search(values: dict[str, Any], source: str) -> SearchConfig:
         )
     values["objectives"] = _objectives(values.get("objectives", ["val_loss"]), source)
     cfg = _dataclass(SearchConfig, values, source, "search")
+    _check_evaluator(cfg, source)
     if cfg.constraint_mode not in CONSTRAINT_MODES:
         raise RecipeError(
             f"{source}: search.constraint_mode={cfg.constraint_mode!r}: not allowed "
@@ -375,12 +409,66 @@ def _objectives(objectives: Any, source: str) -> tuple[str, ...]:
     for o in objectives:
         if o not in OBJECTIVES:
             raise RecipeError(f"{source}: search.objectives: {o!r} is not allowed (allowed: {allowed})")
-    if objectives[0] not in QUALITY or len(set(objectives)) != len(objectives):
-        raise RecipeError(
-            f"{source}: search.objectives={objectives}: the first objective must be val_loss or bits_per_byte, "
-            "and none may repeat"
-        )
+    if len(set(objectives)) != len(objectives):
+        raise RecipeError(f"{source}: search.objectives={objectives}: none may repeat")
     return tuple(objectives)
+
+
+def _check_evaluator(cfg: SearchConfig, source: str) -> None:
+    """``search.evaluator`` with the keys it reads (``proxy``, ``supernet``) and the first objective it can give."""
+    if cfg.evaluator not in EVALUATORS:
+        raise RecipeError(
+            f"{source}: search.evaluator={cfg.evaluator!r}: not allowed (allowed: {', '.join(EVALUATORS)})"
+        )
+    for key in ("proxy", "supernet"):
+        if getattr(cfg, key) is not None and cfg.evaluator != key:
+            raise RecipeError(
+                f"{source}: search.{key}={getattr(cfg, key)!r}: only read with search.evaluator: {key} (the evaluator "
+                f"is {cfg.evaluator!r}); set search.evaluator={key} or remove search.{key}"
+            )
+    objectives = list(cfg.objectives)
+    if cfg.evaluator == "proxy":
+        _check_proxy(cfg.proxy, source)
+        wanted = objective_name(cfg.proxy)
+        trained = [o for o in objectives if o in QUALITY]
+        if objectives[0] != wanted or trained:
+            raise RecipeError(
+                f"{source}: search.objectives={objectives}: with search.evaluator: proxy the first objective must be "
+                f"{wanted} (the {cfg.proxy} score{', negated' if wanted != cfg.proxy else ''}: objectives are "
+                f"minimised), and val_loss or bits_per_byte need training; e.g. --set search.objectives=[{wanted}]"
+            )
+        return
+    if cfg.evaluator == "supernet":
+        _check_supernet(cfg.supernet, source)
+    if objectives[0] not in QUALITY:
+        raise RecipeError(
+            f"{source}: search.objectives={objectives}: with search.evaluator: {cfg.evaluator} the first objective "
+            f"must be val_loss or bits_per_byte (a proxy first needs search.evaluator: proxy)"
+        )
+
+
+def _check_proxy(proxy: str | None, source: str) -> None:
+    allowed = ", ".join(PROXIES)
+    if proxy is None:
+        raise RecipeError(
+            f"{source}: search.proxy: missing (required with search.evaluator: proxy; allowed: {allowed})"
+        )
+    if proxy not in PROXIES:
+        raise RecipeError(f"{source}: search.proxy={proxy!r}: not allowed (allowed: {allowed})")
+
+
+def _check_supernet(path: str | None, source: str) -> None:
+    if path is None:
+        return  # the recipe's own supernet folder, looked for when the search starts (it may be trained later)
+    if not path.strip():
+        raise RecipeError(f"{source}: search.supernet={path!r}: must be a supernet folder, or null for the default")
+    if not Path(path).exists():
+        raise RecipeError(
+            f"{source}: search.supernet={path!r}: no such folder (give a trained supernet's folder, written by "
+            "llmnas supernet train)"
+        )
+    if not Path(path).is_dir():
+        raise RecipeError(f"{source}: search.supernet={path!r}: is a file, not a supernet checkpoint folder")
 
 
 def _check_search_numbers(cfg: SearchConfig, source: str) -> None:
