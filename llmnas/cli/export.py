@@ -40,6 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "of its checkpoint: <run folder>/retrain/<arch id> (llmnas train RECIPE --trial ...), else "
         "<run folder>/trials/<number> (a search keeps its best search.keep_checkpoints trials' weights)",
     )
+    p.add_argument(
+        "--supernet",
+        nargs="?",
+        const="trial",
+        metavar="DIR",
+        help="inherited weights: ARCH's slice of the supernet in DIR (a supernet folder or one checkpoint-<step> "
+        "folder); with --trial and no DIR, the supernet checkpoint that scored the trial",
+    )
     p.add_argument("--study", help="with --trial: the study name, when the storage holds several")
     p.add_argument("--tokenizer", help=f"{TOKENIZER_HELP}; default: the checkpoint's tokenizer, else byte")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
@@ -62,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
         arch, weights = _trial(args)
     else:
         arch, weights = Architecture.load(args.arch), args.weights
-    if weights is not None:
+    if args.supernet is not None:
+        state_dict, tokenizer = _inherited(args, arch)
+    elif weights is not None:
         state_dict, tokenizer = load_weights(weights, arch, with_tokenizer=args.tokenizer is None)
     if args.tokenizer is not None:
         tokenizer = resolve_tokenizer(args.tokenizer)
@@ -95,8 +105,29 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ExportError(f"--study {args.study}: only means something with --trial")
     if args.trial is not None:
         _check_storage(args.arch)
+    if args.supernet is not None and args.weights is not None:
+        raise ExportError("--supernet and --weights: give one (inherited or trained weights)")
+    if args.supernet == "trial" and args.trial is None:
+        raise ExportError("--supernet without a folder needs --trial (the trial names the supernet that scored it)")
+    if args.supernet not in (None, "trial") and not Path(args.supernet).exists():
+        raise ExportError(f"--supernet {args.supernet}: no such supernet folder")
     if args.weights is not None and not args.weights.exists():
         raise ExportError(f"--weights {args.weights}: no such checkpoint folder or .safetensors file")
+
+
+def _inherited(args: argparse.Namespace, arch: Any) -> tuple[dict, Any]:
+    """``arch``'s weights sliced out of the supernet, and the tokenizer saved beside them."""
+    from llmnas.export.tokenizer import resolve_tokenizer
+    from llmnas.supernet import load_supernet
+    from llmnas.supernet.checkpoint import TOKENIZER
+
+    ckpt = load_supernet(args.supernet)
+    model = ckpt.net.extract(arch)  # ArchitectureError when arch is not one of its subnets
+    print(f"weights: inherited from supernet {ckpt.path} (id {ckpt.id}, step {ckpt.step})")
+    tokenizer = None
+    if args.tokenizer is None and (ckpt.path / TOKENIZER).is_dir():
+        tokenizer = resolve_tokenizer(str(ckpt.path / TOKENIZER))
+    return model.state_dict(), tokenizer
 
 
 def _check_storage(location: str) -> None:
@@ -126,7 +157,13 @@ def _trial(args: argparse.Namespace) -> tuple[Any, Path]:
     candidates = [*retrained, run / "trials" / str(trial.number)]
     found = [c for c in candidates if (c / "model.safetensors").is_file()]
     print(f"trial {trial.number} of study {study.study_name!r}: {arch.summary()}")
-    if args.weights is not None:
+    if args.weights is not None or args.supernet is not None:
+        if args.supernet == "trial":
+            args.supernet = trial.user_attrs.get("supernet_path")
+            if args.supernet is None:
+                raise ExportError(
+                    f"trial {trial.number} of study {study.study_name!r} was not scored by a supernet: give --supernet DIR"
+                )
         return arch, args.weights
     if not found:
         raise ExportError(

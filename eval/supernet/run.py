@@ -1,0 +1,389 @@
+"""The supernet against from-scratch training on tiny-shakespeare: ranking fidelity, cost and quality, speed.
+
+Stages (each writes into ``eval/supernet/results/supernet.json``; a rerun skips what is there):
+
+1. ``supernet``: train the ``supernet_shakespeare`` recipe's supernet (tiny_char under nanoGPT's baby-GPT
+   cap of 804,096 parameters, 6,000 sandwich steps of 4 subnets on the first 90 % of nanoGPT's training
+   split: the same 24,000 subnet-steps of 12 x 64 tokens as the 40 x 600-step from-scratch search).
+2. ``scratch``: 30 architectures of the capped space, chosen before anything is trained (a fixed seed's
+   sample sorted by parameters, taken at evenly spaced ranks so they span the range), each trained from
+   scratch for 600 steps as a search trial is, and scored on the holdout (last 10 % of the training split).
+3. ``fidelity``: the same 30 scored with inherited weights (whole holdout) and by each zero-cost proxy;
+   Kendall tau and Spearman rho against the from-scratch losses; a scatter plot.
+4. ``search``: ``llmnas search supernet_shakespeare`` (evolution, 1,000 trials scored by the supernet).
+5. ``retrain``: its 3 best distinct architectures retrained from scratch (2,000 steps, whole training split)
+   over 3 seeds, reported on nanoGPT's validation split beside the from-scratch search's winners
+   (``eval/shakespeare/results/shakespeare.json``).
+6. ``speed``: a sandwich step (4 subnets) against one step of the largest subnet as a standalone Decoder, and
+   scoring a subnet through the supernet against the standalone model (median of repeats).
+
+    python eval/supernet/run.py                                   # everything (about an hour on 2 cores)
+    python eval/supernet/run.py --stages scratch --threads 1      # one stage (stages 1 and 2 may run at once)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from scipy import stats as sps
+
+from llmnas.data import prepare_data
+from llmnas.recipe import load_recipe
+from llmnas.search.engine import prepare_space
+from llmnas.space.arch import Architecture
+from llmnas.train import train
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+
+def _shakespeare_protocol():
+    """The tiny-shakespeare benchmark's own training-over-seeds function (one protocol for both tables)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("shakespeare_run", REPO / "eval" / "shakespeare" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.train_seeds
+
+DATA = REPO.parent / "shared" / "data" / "text" / "tinyshakespeare.txt"
+RECIPE = "supernet_shakespeare"
+N_ARCHS, ARCH_SEED, POOL = 30, 12345, 3000
+N_ARCHS = int(__import__('os').environ.get('SUPERNET_BENCH_ARCHS', N_ARCHS))
+PROXIES = ("params", "non_embedding_params", "synflow", "grad_norm")
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save(results: dict, path: Path) -> None:
+    path.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def fidelity_archs(space) -> list[Architecture]:
+    """``N_ARCHS`` architectures spread over the capped space's parameter range (fixed before training)."""
+    rng = np.random.default_rng(ARCH_SEED)
+    pool = {a.id: a for a in (space.sample(rng) for _ in range(POOL))}
+    ordered = sorted(pool.values(), key=lambda a: (a.param_counts().total, a.id))
+    picks = np.linspace(0, len(ordered) - 1, N_ARCHS).round().astype(int)
+    return [ordered[i] for i in picks]
+
+
+def rank_stats(truth: list[float], predicted: list[float]) -> dict:
+    """Kendall tau-b and Spearman rho of ``predicted`` (lower = better) against the true losses."""
+    tau = sps.kendalltau(truth, predicted)
+    rho = sps.spearmanr(truth, predicted)
+    return {"kendall_tau": float(tau.statistic), "spearman_rho": float(rho.statistic)}
+
+
+def stage_supernet(recipe, results: dict) -> None:
+    from llmnas.cli.supernet import supernet_dir
+    from llmnas.supernet.train import train_supernet
+    from llmnas.train import make_accelerator
+
+    data = prepare_data(recipe.data)
+    space = prepare_space(recipe, data)
+    acc = make_accelerator(recipe.supernet_train)
+    t0 = time.perf_counter()
+    run = train_supernet(space, data, recipe.supernet, recipe.supernet_train, acc, supernet_dir(recipe))
+    results["supernet"] = {"path": str(run.path), "steps": run.steps, "subnet_tokens": run.tokens,
+                           "train_seconds": run.train_seconds, "wall_seconds": time.perf_counter() - t0,
+                           "scores": run.scores, "losses": run.losses}
+
+
+def stage_scratch(recipe, results: dict, steps: int) -> None:
+    data = prepare_data(recipe.data)
+    space = prepare_space(recipe, data)
+    cfg = recipe.train.replace(max_steps=steps, lr_decay_steps=None, eval_interval=None)
+    done = {r["arch_id"]: r for r in results.get("scratch", [])}
+    for i, arch in enumerate(fidelity_archs(space)):
+        if arch.id in done:
+            continue
+        model, r = train(arch, data, cfg, Accelerator(cpu=True))
+        done[arch.id] = {"arch_id": arch.id, "arch": json.loads(arch.to_json()), "short": arch.short(),
+                         "params": arch.param_counts().total, "val_loss": r.val_loss,
+                         "train_seconds": r.train_seconds, "eval_seconds": r.eval_seconds, "steps": r.steps}
+        print(f"scratch {i + 1}/{N_ARCHS} {arch.id} {arch.param_counts().total:,} params: {r.val_loss:.4f} "
+              f"({r.train_seconds:.0f}s)", flush=True)
+        results["scratch"] = list(done.values())
+        save(results, OUT_JSON)
+
+
+def stage_fidelity(recipe, results: dict, out: Path) -> None:
+    from llmnas.cli.supernet import supernet_dir
+    from llmnas.proxies import PROXIES as REGISTRY
+    from llmnas.proxies import data_batch, score
+    from llmnas.supernet import evaluate_subnet, load_supernet
+
+    data = prepare_data(recipe.data)
+    ckpt = load_supernet(supernet_dir(recipe))
+    rows = results["scratch"]
+    acc = Accelerator(cpu=True)
+    batch = data_batch(data.train, recipe.data.block_size, recipe.train.batch_size, seed=0)
+    for row in rows:
+        arch = Architecture.from_json(json.dumps(row["arch"]))
+        t0 = time.perf_counter()
+        row["supernet"] = evaluate_subnet(ckpt.net, arch, data, recipe.train, acc, whole_split=True).val_loss
+        row["supernet_seconds"] = time.perf_counter() - t0
+        row["supernet_quick"] = evaluate_subnet(ckpt.net, arch, data, recipe.train, acc).val_loss
+        for name in PROXIES:
+            needs = REGISTRY[name].needs_data
+            row[name] = score(name, arch, batch if needs else None, seed=0)
+    truth = [r["val_loss"] for r in rows]
+    table = {"supernet (whole holdout)": rank_stats(truth, [r["supernet"] for r in rows]),
+             "supernet (200 windows, as searched)": rank_stats(truth, [r["supernet_quick"] for r in rows])}
+    for name in PROXIES:
+        sign = -1.0 if REGISTRY[name].direction == "maximize" else 1.0  # a larger score predicts a lower loss
+        table[name] = rank_stats(truth, [sign * r[name] for r in rows])
+    results["fidelity"] = {"checkpoint": str(ckpt.path), "checkpoint_id": ckpt.id, "n": len(rows), "table": table}
+    plot_fidelity(rows, table, out / "fidelity.png")
+
+
+def plot_fidelity(rows: list[dict], table: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("supernet", "inherited-weight loss (holdout)", "supernet (whole holdout)"),
+              *((p, f"{p} (at initialisation)", p) for p in PROXIES)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
+    truth = [r["val_loss"] for r in rows]
+    for ax, (key, label, name) in zip(axes, panels, strict=True):
+        ax.scatter([r[key] for r in rows], truth, s=14)
+        s = table[name]
+        ax.set_title(f"{key}: tau {s['kendall_tau']:.2f}, rho {s['spearman_rho']:.2f}", fontsize=9)
+        ax.set_xlabel(label, fontsize=8)
+        ax.set_ylabel("loss after 600 steps from scratch", fontsize=8)
+        if key in ("params", "non_embedding_params", "synflow"):
+            ax.set_xscale("log") if key != "synflow" else None
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def stage_search(recipe_args: list[str], results: dict) -> None:
+    from llmnas.search import run_search
+
+    recipe = load_recipe(RECIPE, recipe_args)
+    t0 = time.perf_counter()
+    summary = run_search(recipe, show_progress=True)
+    study = summary.study
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    seconds = [t.duration.total_seconds() for t in done if t.duration]
+    results["search"] = {
+        "study": recipe.study, "n_trials": len(study.trials), "complete": len(done),
+        "distinct_archs": len({t.user_attrs.get("arch_id") for t in done}),
+        "wall_seconds_this_run": time.perf_counter() - t0, "trial_seconds_median": statistics.median(seconds),
+        "trial_seconds_total": sum(seconds), "sampler": recipe.search.sampler,
+    }
+
+
+def stage_retrain(recipe_args: list[str], results: dict, top: int, seeds: int) -> None:
+    from llmnas.search import load_study, trial_arch
+    from llmnas.search.study import ranked
+
+    recipe = load_recipe(RECIPE, [*recipe_args, "data.holdout=null"])
+    data = prepare_data(recipe.data)
+    study = load_study(Path(recipe.run_dir) / recipe.study)
+    picked, seen = [], set()
+    for t in ranked(study):
+        if t.user_attrs["arch_id"] not in seen:
+            seen.add(t.user_attrs["arch_id"])
+            picked.append(t)
+        if len(picked) == top:
+            break
+    done = {r["arch_id"]: r for r in results.get("retrain", [])}
+    for t in picked:
+        arch = trial_arch(t)
+        if arch.id in done:
+            continue
+        print(f"retrain trial {t.number} ({arch.short()}), supernet loss {t.values[0]:.4f}", flush=True)
+        done[arch.id] = {"trial": t.number, "arch_id": arch.id, "short": arch.short(),
+                         "params": arch.param_counts().total, "supernet_loss": t.values[0],
+                         "runs": _shakespeare_protocol()(arch, recipe, data, (1337, 1338, 1339)[:seeds])}
+        results["retrain"] = list(done.values())
+        save(results, OUT_JSON)
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def stage_speed(recipe, results: dict, repeats: int) -> None:
+    from llmnas.models.decoder import Decoder
+    from llmnas.supernet import SuperNet
+    from llmnas.supernet.config import SupernetConfig
+    from llmnas.supernet.train import SandwichPlan, _touch
+
+    data = prepare_data(recipe.data)
+    space = prepare_space(recipe, data)
+    net = SuperNet(space)
+    plan = SandwichPlan(space, SupernetConfig(random_subnets=2))
+    B, T = recipe.train.batch_size, recipe.data.block_size
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, space.vocab_size, (B, T), generator=gen)
+    y = torch.randint(0, space.vocab_size, (B, T), generator=gen)
+    steps = [plan.archs(s, 0.5) for s in range(repeats + 1)]
+    counter = iter(range(10**9))
+
+    def sandwich() -> None:
+        archs = steps[next(counter) % len(steps)]
+        loss = sum(net(x, a, targets=y).loss for _, a in archs) / len(archs) + _touch(net)
+        loss.backward()
+        net.zero_grad(set_to_none=True)
+
+    largest = Decoder(plan.largest)
+
+    def standalone() -> None:
+        largest(x, targets=y).loss.backward()
+        largest.zero_grad(set_to_none=True)
+
+    sandwich_s = _median_seconds(sandwich, repeats)
+    standalone_s = _median_seconds(standalone, repeats)
+    # scoring: forward only, eval mode, a batch of the evaluation size, over several architectures
+    xb = torch.randint(0, space.vocab_size, (recipe.train.eval_batch_size, T), generator=gen)
+    archs = [plan.largest, *(space.sample(np.random.default_rng(s)) for s in range(4))]
+    ratios = []
+    net.eval()
+    for arch in archs:
+        model = net.extract(arch).eval()
+        with torch.no_grad():
+            through = _median_seconds(lambda a=arch: net(xb, a), repeats)
+            alone = _median_seconds(lambda m=model: m(xb), repeats)
+        ratios.append({"arch_id": arch.id, "params": arch.param_counts().total, "supernet_s": through,
+                       "standalone_s": alone, "ratio": through / alone})
+    results["speed"] = {
+        "threads": torch.get_num_threads(), "batch": [B, T], "repeats": repeats,
+        "sandwich_step_s": sandwich_s, "largest_step_s": standalone_s, "sandwich_ratio": sandwich_s / standalone_s,
+        "subnets_per_step": len(steps[0]), "scoring": ratios,
+        "scoring_ratio_median": statistics.median(r["ratio"] for r in ratios),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    global OUT_JSON
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--stages", default="supernet,scratch,fidelity,search,retrain,speed")
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--scratch-steps", type=int, default=600)
+    p.add_argument("--n-trials", type=int, default=1000)
+    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--run-dir", default=str(REPO / "runs"))
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe override (smoke runs only: the reported protocol is the recipe's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    OUT_JSON = args.out / f"supernet-{args.stages.replace(',', '-')}.json" if args.stages.count(",") == 0 \
+        else args.out / "supernet.json"
+    common = [f"data.source={args.data}", f"run_dir={args.run_dir}", f"search.n_trials={args.n_trials}",
+              *args.overrides]
+    recipe = load_recipe(RECIPE, common)
+    for stage in args.stages.split(","):
+        results = merged(args.out)
+        results["machine"] = {"processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+                              "threads": torch.get_num_threads(), "python": platform.python_version()}
+        t0 = time.perf_counter()
+        if stage == "supernet":
+            stage_supernet(recipe, results)
+        elif stage == "scratch":
+            stage_scratch(recipe, results, args.scratch_steps)
+        elif stage == "fidelity":
+            stage_fidelity(recipe, results, args.out)
+        elif stage == "search":
+            stage_search(common, results)
+        elif stage == "retrain":
+            stage_retrain(common, results, args.top, args.seeds)
+        elif stage == "speed":
+            stage_speed(recipe, results, args.repeats)
+        else:
+            raise SystemExit(f"--stages: unknown stage {stage!r}")
+        results.setdefault("stage_seconds", {})[stage] = time.perf_counter() - t0
+        save(results, OUT_JSON)
+        print(f"stage {stage}: {time.perf_counter() - t0:.0f}s", flush=True)
+    write_table(merged(args.out), args.out)
+    return 0
+
+
+def merged(out: Path) -> dict:
+    """Every stage's results (stages run alone write their own file, so parallel runs never collide)."""
+    results: dict = {}
+    for path in sorted(out.glob("supernet*.json")):
+        for key, value in load(path).items():
+            if key == "stage_seconds":
+                results.setdefault(key, {}).update(value)
+            else:
+                results[key] = value
+    return results
+
+
+def write_table(results: dict, out: Path) -> None:
+    lines = ["# Supernet vs from-scratch training on tiny-shakespeare", ""]
+    if "fidelity" in results:
+        f = results["fidelity"]
+        lines += [f"## Ranking fidelity ({f['n']} architectures of tiny_char under the 804,096-parameter cap)", "",
+                  "| scorer | Kendall tau | Spearman rho |", "|---|---:|---:|"]
+        lines += [f"| {k} | {v['kendall_tau']:.3f} | {v['spearman_rho']:.3f} |" for k, v in f["table"].items()]
+        lines += ["", "Truth: holdout loss after 600 steps from scratch. ![scatter](fidelity.png)", ""]
+    if "supernet" in results and "scratch" in results:
+        s, rows = results["supernet"], results["scratch"]
+        scratch_s = statistics.mean(r["train_seconds"] + r["eval_seconds"] for r in rows)
+        n = results.get("search", {}).get("complete", 1000)
+        per_arch = s["train_seconds"] / n + results.get("search", {}).get("trial_seconds_median", 0.0)
+        lines += ["## Cost per evaluated architecture", "",
+                  "| evaluator | seconds per architecture |", "|---|---:|",
+                  f"| from scratch (600 steps + holdout evaluation), mean of {len(rows)} | {scratch_s:.1f} |",
+                  f"| supernet: training ({s['train_seconds']:.0f} s) / {n} architectures + median trial | "
+                  f"{per_arch:.2f} |", "", f"Ratio: {scratch_s / per_arch:.1f}x less per architecture.", ""]
+    if "retrain" in results:
+        prior = load(REPO / "eval" / "shakespeare" / "results" / "shakespeare.json")
+        lines += ["## Retrained winners (2000 steps, whole training split, nanoGPT's validation split)", "",
+                  "| model | params | supernet loss (holdout) | val loss (mean ± std over seeds) |", "|---|---:|---:|---:|"]
+        for r in prior.get("retrain", []):
+            v = [x["val_loss"] for x in r["runs"]]
+            lines.append(f"| from-scratch search: trial {r['trial']} `{r['short']}` | {r['params'] / 1e6:.3f}M | | "
+                         f"{statistics.mean(v):.4f} ± {statistics.stdev(v) if len(v) > 1 else 0:.4f} |")
+        for r in results["retrain"]:
+            v = [x["val_loss"] for x in r["runs"]]
+            lines.append(f"| supernet search: trial {r['trial']} `{r['short']}` | {r['params'] / 1e6:.3f}M | "
+                         f"{r['supernet_loss']:.4f} | {statistics.mean(v):.4f} ± "
+                         f"{statistics.stdev(v) if len(v) > 1 else 0:.4f} |")
+        lines.append("")
+    if "speed" in results:
+        sp = results["speed"]
+        lines += ["## Speed", "", f"- sandwich step ({sp['subnets_per_step']} subnets): {sp['sandwich_step_s'] * 1e3:.1f} ms "
+                  f"= {sp['sandwich_ratio']:.2f}x one step of the largest subnet as a standalone Decoder "
+                  f"({sp['largest_step_s'] * 1e3:.1f} ms)",
+                  f"- scoring through the supernet / standalone Decoder (forward, batch {sp['batch']}): median "
+                  f"{sp['scoring_ratio_median']:.2f}x over {len(sp['scoring'])} architectures", ""]
+    m = results.get("machine", {})
+    lines.append(f"Machine: {m.get('processor')}, torch {m.get('torch')}, {m.get('threads')} threads, CPU only.")
+    (out / "supernet.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+OUT_JSON = HERE / "results" / "supernet.json"
+
+if __name__ == "__main__":
+    sys.exit(main())
