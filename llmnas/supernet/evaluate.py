@@ -29,6 +29,21 @@ class SubnetView(nn.Module):
         return self.net(idx, self.arch, targets)
 
 
+_LOADERS: dict[tuple, Any] = {}
+
+
+def _loader(data: TokenData, cfg: TrainConfig, block: int, accelerator: Accelerator, whole: bool) -> Any:
+    """The prepared validation loader, built once per data set and settings: a search scores thousands of
+    subnets, and accelerate keeps a reference to every loader it prepares."""
+    key = (id(accelerator), id(data.val), block, cfg.eval_blocks, cfg.eval_batch_size, whole)
+    if key not in _LOADERS:
+        if len(_LOADERS) > 8:
+            _LOADERS.clear()
+        full, quick = validation_loaders(data, cfg, block)
+        _LOADERS[key] = (accelerator.prepare(full if whole else quick), data.val, accelerator)  # keep ids alive
+    return _LOADERS[key][0]
+
+
 @dataclass
 class SubnetScore:
     """Validation of one subnet with inherited weights."""
@@ -58,8 +73,7 @@ def evaluate_subnet(
     windows of the validation split (the windows a from-scratch trial's intermediate validations use), or
     on the whole split with ``whole_split``. Every process calls it; the windows are split among them."""
     supernet.check(arch)  # type: ignore[operator]
-    full, quick = validation_loaders(data, cfg, arch.max_seq_len)
-    loader = accelerator.prepare(full if whole_split else quick)
+    loader = _loader(data, cfg, arch.max_seq_len, accelerator, whole_split)
     t0 = time.perf_counter()
     loss_sum, n = evaluate(SubnetView(supernet, arch), loader, accelerator)
     seconds = time.perf_counter() - t0
