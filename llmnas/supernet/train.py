@@ -228,7 +228,11 @@ def train_supernet(
     def build() -> tuple[SuperNet, torch.optim.Optimizer, Any]:
         set_seed(train_cfg.seed)
         net = SuperNet(space, dropout=train_cfg.dropout)
-        return net, make_optimizer(net, train_cfg), training_loader(data, train_cfg, block, steps_budget, world)
+        loader = training_loader(data, train_cfg, block, steps_budget, world)
+        # Starting an iterator over the loader draws a seed; from a generator of its own, not from torch's
+        # RNG, which a resumed run restores before its first batch (dropout would differ from the run's).
+        loader.generator = torch.Generator()
+        return net, make_optimizer(net, train_cfg), loader
 
     net, optimizer, loader = run_guarded(accelerator, build)
     net, optimizer, loader = accelerator.prepare(net, optimizer, loader)
