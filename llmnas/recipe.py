@@ -92,7 +92,7 @@ class SearchConfig:
 
     The evaluator, with the proxy's name or the supernet checkpoint's id, is part of the study's set-up: a
     study is not resumed with another one. Every trial records it (user attribute ``evaluator``, and
-    ``proxy`` or ``supernet``/``supernet_id``)."""
+    ``proxy``, or ``supernet_path`` and ``supernet_id``)."""
     proxy: str | None = None
     """With ``evaluator: proxy``: ``synflow``, ``grad_norm`` (on one training batch of the recipe's batch
     size, seeded with ``train.seed``), ``params`` or ``non_embedding_params`` (see :mod:`llmnas.proxies`)."""

@@ -1,4 +1,7 @@
-"""``llmnas search``: an Optuna study whose trials train sampled architectures from scratch.
+"""``llmnas search``: an Optuna study whose trials score sampled architectures.
+
+A trial trains its architecture from scratch, or scores it with a zero-cost proxy or the weights of a
+trained supernet: the evaluator the recipe names (:mod:`llmnas.search.evaluators`).
 
 The study is the only search state: re-running the same recipe resumes it; several worker processes
 (``search.workers`` or separate machines on one RDB storage) share it; optuna-dashboard shows it.
@@ -28,8 +31,17 @@ import llmnas
 from llmnas import interrupt
 from llmnas.data import DataConfig, TokenData, prepare_data
 from llmnas.errors import DataError, LlmnasError, RecipeError
+from llmnas.proxies import PROXIES
 from llmnas.recipe import Recipe
 from llmnas.search.checkpoints import best_trained, remove_outside, trial_dir, weights_mb
+from llmnas.search.evaluators import (
+    RESULT_ATTRS,
+    Evaluator,
+    ProxyScorer,
+    extra_proxies,
+    make_evaluator,
+    objective_values,
+)
 from llmnas.search.progress import Progress, print_header, write_summary
 from llmnas.search.storage import (
     StudyLock,
@@ -44,12 +56,13 @@ from llmnas.search.study import arch_attrs, counted, finished
 from llmnas.search.workers import WorkerPool
 from llmnas.space import TransformerSpace, load_space
 from llmnas.space.arch import Architecture
-from llmnas.train import TrainingDiverged, TrainingPruned, make_accelerator, train
+from llmnas.train import TrainingDiverged, make_accelerator
 from llmnas.train.ranks import TrainingFailed, describe
 
-#: What a trained trial measured (user attributes, also copied to a trial that reuses its result).
-RESULT_ATTRS = ("val_loss", "bits_per_byte", "bits_per_char", "tokens", "steps", "train_seconds", "eval_seconds",
-                "tokens_per_second")
+#: What a trial measured (user attributes, also copied to a trial that reuses its result).
+REUSED_ATTRS = (*RESULT_ATTRS, *PROXIES, "proxy_seconds", "windows", "history")
+#: The evaluator of a study whose set-up record predates evaluators: every trial was trained.
+SCRATCH_SETUP = {"kind": "scratch"}
 
 
 class ReusedFailure(LlmnasError):
@@ -112,8 +125,14 @@ def build_pruner(recipe: Recipe) -> optuna.pruners.BasePruner:
         raise RecipeError(f"{recipe.source}: search.pruner.options: {e}") from None
 
 
-def setup_record(recipe: Recipe, space: TransformerSpace, data: TokenData) -> dict[str, Any]:
-    """What must not change when a study is resumed (otherwise its trials are not comparable)."""
+def setup_record(recipe: Recipe, space: TransformerSpace, data: TokenData,
+                 evaluator: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What must not change when a study is resumed (otherwise its trials are not comparable).
+
+    Args:
+        evaluator: the evaluator's :meth:`~llmnas.search.evaluators.Evaluator.setup` (its kind, and the proxy
+            or the supernet checkpoint's id); default: training from scratch.
+    """
     info = space.describe()
     info.pop("size", None)
     return {
@@ -121,11 +140,14 @@ def setup_record(recipe: Recipe, space: TransformerSpace, data: TokenData) -> di
         "data": data.meta.cache_key,
         "train": dataclasses.asdict(recipe.train),
         "objectives": list(recipe.search.objectives),
+        "evaluator": evaluator or SCRATCH_SETUP,
     }
 
 
-def open_study(recipe: Recipe, space: TransformerSpace, data: TokenData, worker: int = 0) -> optuna.Study:
-    """Create the study, or load it to resume after checking that the set-up has not changed."""
+def open_study(recipe: Recipe, space: TransformerSpace, data: TokenData, worker: int = 0,
+               evaluator: dict[str, Any] | None = None) -> optuna.Study:
+    """Create the study, or load it to resume after checking that the set-up (with the ``evaluator``'s
+    set-up record, default training from scratch) has not changed."""
     from llmnas.samplers import build_sampler
 
     search = recipe.search
@@ -150,11 +172,12 @@ def open_study(recipe: Recipe, space: TransformerSpace, data: TokenData, worker:
         storage = make_storage(recipe.storage_url, search.heartbeat_seconds, search.grace_seconds)
         study = optuna.create_study(study_name=recipe.study, storage=storage, sampler=sampler, pruner=pruner,
                                     directions=search.directions, load_if_exists=True)
-        _check_setup(recipe, space, data, study)
+        _check_setup(recipe, space, data, study, evaluator)
     return study
 
 
-def _check_setup(recipe: Recipe, space: TransformerSpace, data: TokenData, study: optuna.Study) -> None:
+def _check_setup(recipe: Recipe, space: TransformerSpace, data: TokenData, study: optuna.Study,
+                 evaluator: dict[str, Any] | None) -> None:
     search = recipe.search
     wanted = [optuna.study.StudyDirection.MINIMIZE] * len(search.directions)
     if study.directions != wanted:
@@ -162,8 +185,10 @@ def _check_setup(recipe: Recipe, space: TransformerSpace, data: TokenData, study
             f"study {recipe.study!r} in {recipe.storage_url} has {len(study.directions)} objective(s); the recipe asks "
             f"for {list(search.objectives)}: use another study name (--set study=NEW_NAME)"
         )
-    record = setup_record(recipe, space, data)
+    record = setup_record(recipe, space, data, evaluator)
     stored = study.user_attrs.get("setup")
+    if stored is not None and "evaluator" not in stored:  # started before evaluators: trained from scratch
+        stored = {**stored, "evaluator": SCRATCH_SETUP}
     if stored is None:
         study.set_user_attr("setup", record)
         study.set_user_attr("recipe", recipe.to_dict())
@@ -188,15 +213,18 @@ TRIAL_FAILURES = (TrainingDiverged, ReusedFailure, TrainingFailed, torch.OutOfMe
 
 
 class Objective:
-    """Trains the architecture a trial suggests and returns the recipe's objective values."""
+    """Scores the architecture a trial suggests with the recipe's evaluator and returns the objective values."""
 
-    def __init__(self, recipe: Recipe, space: TransformerSpace, data: TokenData, accelerator: Accelerator) -> None:
+    def __init__(self, recipe: Recipe, space: TransformerSpace, data: TokenData, accelerator: Accelerator,
+                 evaluator: Evaluator | None = None) -> None:
         self.recipe, self.space, self.data, self.accelerator = recipe, space, data, accelerator
+        self.evaluator = evaluator or make_evaluator(recipe, data, accelerator)
+        self.proxies = ProxyScorer(recipe, data)  # proxies named as objectives beside the evaluator's values
         self.study_dir = recipe.study_dir
 
     def __call__(self, trial: optuna.Trial) -> list[float] | float:
         arch = self.space.suggest(trial)
-        for key, value in arch_attrs(arch).items():
+        for key, value in {**arch_attrs(arch), **self.evaluator.trial_attrs()}.items():
             trial.set_user_attr(key, value)
         constraints = self.space.constraints
         if self.recipe.search.constraint_mode == "sampler":
@@ -210,7 +238,7 @@ class Objective:
         prior = self.previous(trial, arch.id)
         if prior is not None:
             return self.reuse(trial, prior)
-        return self.train(trial, arch)
+        return self.score(trial, arch)
 
     def previous(self, trial: optuna.Trial, arch_id: str) -> FrozenTrial | None:
         """The first trial of this study whose outcome says something about the same architecture:
@@ -229,7 +257,7 @@ class Objective:
     def reuse(self, trial: optuna.Trial, prior: FrozenTrial) -> list[float]:
         origin = prior.user_attrs.get("reused_from", prior.number)
         trial.set_user_attr("reused_from", origin)
-        for key in (*RESULT_ATTRS, "history"):
+        for key in REUSED_ATTRS:
             if key in prior.user_attrs:
                 trial.set_user_attr(key, prior.user_attrs[key])
         if prior.state == TrialState.COMPLETE:
@@ -244,36 +272,18 @@ class Objective:
         trial.set_user_attr("fail_reason", f"same architecture as trial {origin}: {reason}")
         raise ReusedFailure(f"same architecture as trial {origin}, which failed ({reason})")
 
-    def train(self, trial: optuna.Trial, arch: Architecture) -> list[float]:
-        single = len(self.recipe.search.directions) == 1
-
-        def report(step: int, value: float) -> bool:
-            if not single:
-                return False
-            trial.report(value, step)
-            return trial.should_prune()
-
-        broadcast_object_list([{"arch": arch.to_json()}])  # followers train the same architecture
-        try:
-            model, result = train(arch, self.data, self.recipe.train, self.accelerator, report=report)
-        except TrainingDiverged as e:
-            trial.set_user_attr("diverged", True)  # a property of the architecture and budget: reused
-            trial.set_user_attr("fail_reason", str(e))
-            raise
-        except TrainingPruned as e:
-            trial.set_user_attr("pruned_at_step", e.step)
-            raise optuna.TrialPruned(str(e)) from None
-        except (TrainingFailed, torch.OutOfMemoryError) as e:
-            trial.set_user_attr("fail_reason", str(e) if isinstance(e, TrainingFailed) else describe(e))
-            raise
-        measured = {key: getattr(result, key) for key in RESULT_ATTRS}
+    def score(self, trial: optuna.Trial, arch: Architecture) -> list[float]:
+        """Evaluate ``arch`` (and the proxies the objectives name beside it), record what was measured, keep
+        trained weights the recipe keeps, and return the objective values."""
+        objectives = self.recipe.search.objectives
+        evaluation = self.evaluator.evaluate(trial, arch)
+        measured = {**evaluation.measured, **self.proxies.scores(extra_proxies(objectives, evaluation.measured), arch)}
         for key, value in measured.items():
             trial.set_user_attr(key, value)
-        trial.set_user_attr("history", result.history)
-        values = {**arch_attrs(arch), **measured}
-        objectives = [float(values[o]) for o in self.recipe.search.objectives]
-        self.keep_weights(trial, model, objectives[0])
-        return objectives
+        values = objective_values(objectives, {**arch_attrs(arch), **measured})
+        if evaluation.model is not None:
+            self.keep_weights(trial, evaluation.model, values[0])
+        return values
 
     def keep_weights(self, trial: optuna.Trial, model: torch.nn.Module, value: float) -> None:
         """Write the trial's checkpoint if the recipe keeps it (every trial, or the best few that are small
@@ -293,8 +303,8 @@ class Objective:
             remove_outside(trial.study, self.study_dir, kept)
 
 
-def follow(recipe: Recipe, data: TokenData, accelerator: Accelerator) -> None:
-    """Non-main processes under ``accelerate launch``: train what the main process broadcasts.
+def follow(evaluator: Evaluator, accelerator: Accelerator) -> None:
+    """Non-main processes under ``accelerate launch``: evaluate what the main process broadcasts.
 
     Every process of a trial raises together (:mod:`llmnas.train.ranks`); the main process records the
     outcome, and the others wait for the next architecture.
@@ -305,9 +315,7 @@ def follow(recipe: Recipe, data: TokenData, accelerator: Accelerator) -> None:
             return
         arch = Architecture.from_json(message["arch"])
         try:
-            train(arch, data, recipe.train, accelerator, report=lambda step, value: False)
-        except (TrainingDiverged, TrainingPruned, TrainingFailed):
-            pass
+            evaluator.follow(arch)
         except Exception as e:  # noqa: BLE001 - this process's own failure, already announced to the others
             print(f"process {accelerator.process_index}: the trial failed here: {describe(e)}", file=sys.stderr)
 
@@ -382,17 +390,18 @@ def run_search(
     with accelerator.main_process_first():
         data = recipe_data(recipe)
     space = prepare_space(recipe, data)
+    evaluator = make_evaluator(recipe, data, accelerator)
     if not accelerator.is_main_process:
-        follow(recipe, data, accelerator)
+        follow(evaluator, accelerator)
         return None
-    study = open_study(recipe, space, data, worker=worker_index)
+    study = open_study(recipe, space, data, worker=worker_index, evaluator=evaluator.setup())
     before = len(finished(study))
     main = worker_index == 0
     if main and show_progress:
-        print_header(recipe, space, data, study, n_trials, workers)
-    progress = Progress(study, n_trials, enabled=show_progress and main)
+        print_header(recipe, space, data, study, n_trials, workers, evaluator.trial_attrs())
+    progress = Progress(study, n_trials, enabled=show_progress and main, objective=recipe.search.objectives[0])
     deadline = None if timeout is None else time.monotonic() + timeout
-    objective = Objective(recipe, space, data, accelerator)
+    objective = Objective(recipe, space, data, accelerator, evaluator)
     pool = WorkerPool(recipe, n_trials, timeout, workers) if main and workers > 1 else None
 
     def watch(study: optuna.Study, trial: FrozenTrial) -> None:

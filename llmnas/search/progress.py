@@ -33,14 +33,18 @@ _Bar.set_lock(threading.RLock())
 
 
 class Progress:
-    """A progress bar over the study's trials with the best validation loss so far."""
+    """A progress bar over the study's trials with the best value of the first objective so far.
 
-    def __init__(self, study: optuna.Study, total: int, enabled: bool) -> None:
+    Args:
+        objective: the name of the first objective (``val_loss``, or a proxy's ``neg_synflow``), shown per trial.
+    """
+
+    def __init__(self, study: optuna.Study, total: int, enabled: bool, objective: str = "val_loss") -> None:
         done = len(finished(study))
         # In a terminal a live bar; in a log file only the one line per trial.
         self.bar = _Bar(total=total, initial=min(done, total), desc=study.study_name, unit="trial",
                         disable=not (enabled and sys.stdout.isatty()), dynamic_ncols=True, file=sys.stdout)
-        self.enabled = enabled
+        self.enabled, self.objective = enabled, objective
         self._best(study)
 
     def _best(self, study: optuna.Study) -> None:
@@ -56,7 +60,7 @@ class Progress:
         what = f"{a.get('arch_id', '?')} {param_count_str(a.get('params', 0)):>6}"
         if trial.state == TrialState.COMPLETE:
             note = f" (reused trial {a['reused_from']})" if "reused_from" in a else ""
-            outcome = f"val_loss {trial.values[0]:.4f} in {a.get('train_seconds', 0):.0f}s{note}"
+            outcome = f"{self.objective} {trial.values[0]:.4f} in {_seconds(a)}{note}"
         elif "rejected" in a:
             outcome = "rejected: " + "; ".join(a["rejected"])
         elif trial.state == TrialState.PRUNED:
@@ -80,16 +84,31 @@ class Progress:
         self.bar.close()
 
 
+def _seconds(attrs: dict) -> str:
+    """How long the trial's evaluation took: training seconds, or the fraction of a second a proxy or a
+    supernet evaluation took."""
+    for key in ("proxy_seconds", "eval_seconds"):
+        if key in attrs and "train_seconds" not in attrs:
+            return f"{attrs[key]:.2f}s"
+    return f"{attrs.get('train_seconds', 0):.0f}s"
+
+
 def print_header(recipe: Recipe, space: TransformerSpace, data: TokenData, study: optuna.Study, n_trials: int,
-                 workers: int) -> None:
+                 workers: int, evaluator: dict | None = None) -> None:
+    """The lines above the trials; ``evaluator`` is the evaluator's trial attributes (default: from scratch)."""
     m = data.meta
     budget = {k: v for k, v in dataclasses.asdict(recipe.train).items() if k.startswith("max_") and v is not None}
+    e = evaluator or {"evaluator": "scratch"}
+    scoring = {"scratch": f"per-trial budget {budget}",
+               "proxy": f"evaluator proxy {e.get('proxy')}, no training",
+               "supernet": f"evaluator supernet {e.get('supernet_path')} (weights {e.get('supernet_id')}), no training",
+               }[e["evaluator"]]
     print(f"study {recipe.study!r}: {len(finished(study))} of {n_trials} trials done; storage {recipe.storage_url}")
     print(f"  data: {m.source}; tokenizer {m.tokenizer} ({m.vocab_size} ids); "
           f"{m.n_train_tokens:,} train / {m.n_val_tokens:,} validation tokens")
     print(f"  space: {space.name} ({space.size():.3g} architectures, {len(space.choices())} decisions); "
           f"sampler {recipe.search.sampler}; objectives {', '.join(recipe.search.objectives)}; "
-          f"per-trial budget {budget}; workers {workers}")
+          f"{scoring}; workers {workers}")
     print(f"  watch it: optuna-dashboard {recipe.storage_url}")
 
 
@@ -97,7 +116,7 @@ def write_summary(recipe: Recipe, study: optuna.Study, summary: SearchSummary, s
     """``summary.md`` in the run folder (top-k table, Pareto front); printed with the next commands."""
     names = list(recipe.search.objectives)
     parts = [f"# Study {study.study_name}", "", f"Trials: {state_counts(study)}.", "",
-             f"Top {recipe.search.top_k} by {names[0]}:", "", top_table(study, recipe.search.top_k)]
+             f"Top {recipe.search.top_k} by {names[0]}:", "", top_table(study, recipe.search.top_k, names[0])]
     if len(names) > 1 and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         summary.plots = pareto_plots(study, names, summary.study_dir)
         parts += ["", "Pareto front:", "", pareto_table(study, names)]

@@ -11,21 +11,31 @@ from llmnas.search.study import ranked
 from llmnas.space.arch import param_count_str
 
 
-def top_table(study: optuna.Study, k: int) -> str:
-    """A Markdown table of the ``k`` best completed trials."""
-    rows = ranked(study)[:k]
-    header = "| rank | trial | arch | layers | d_model | params | val loss | bits/byte | tokens | train s | note |"
-    lines = [header, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for rank, t in enumerate(rows, 1):
+def top_table(study: optuna.Study, k: int, objective: str = "val_loss") -> str:
+    """A Markdown table of the ``k`` best completed trials by the first objective, ``objective``.
+
+    Trained (or supernet-evaluated) trials show their validation loss, bits per byte and training; trials
+    scored by a proxy show the objective's value (``neg_synflow``) alone.
+    """
+    trained = objective in ("val_loss", "bits_per_byte")
+    head = "| rank | trial | arch | layers | d_model | params |"
+    if trained:
+        lines = [f"{head} val loss | bits/byte | tokens | train s | note |",
+                 "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    else:
+        lines = [f"{head} {objective} | note |", "|---:|---:|---|---:|---:|---:|---:|---|"]
+    for rank, t in enumerate(ranked(study)[:k], 1):
         a = t.user_attrs
         note = f"reused trial {a['reused_from']}" if "reused_from" in a else ""
-        bpb = a.get("bits_per_byte")
-        lines.append(
-            f"| {rank} | {t.number} | {a.get('arch_id', '?')} | {a.get('n_layers', '?')} | {a.get('d_model', '?')} | "
-            f"{param_count_str(a.get('params', 0))} | {a.get('val_loss', t.values[0]):.4f} | "
-            f"{'' if bpb is None else f'{bpb:.4f}'} | {a.get('tokens', 0):,} | {a.get('train_seconds', 0):.1f} | "
-            f"{note} |"
-        )
+        row = (f"| {rank} | {t.number} | {a.get('arch_id', '?')} | {a.get('n_layers', '?')} | "
+               f"{a.get('d_model', '?')} | {param_count_str(a.get('params', 0))} |")
+        if trained:
+            bpb = a.get("bits_per_byte")
+            row += (f" {a.get('val_loss', t.values[0]):.4f} | {'' if bpb is None else f'{bpb:.4f}'} | "
+                    f"{a.get('tokens', 0):,} | {a.get('train_seconds', 0):.1f} |")
+        else:
+            row += f" {t.values[0]:.4f} |"
+        lines.append(f"{row} {note} |")
     return "\n".join(lines)
 
 

@@ -1,0 +1,190 @@
+"""Evaluators (search.evaluator): proxies instead of training, a trained supernet's weights, and the set-up
+record that keeps a study to one evaluator."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from llmnas.cli import main
+from llmnas.data import prepare_data
+from llmnas.errors import RecipeError
+from llmnas.proxies import score
+from llmnas.recipe import load_recipe, recipe_from_dict
+from llmnas.samplers.factory import SAMPLERS
+from llmnas.search import load_study, run_search, trial_arch
+from llmnas.search.engine import open_study, prepare_space
+from llmnas.search.evaluators import proxy_batch
+
+SPACE = """\
+name: micro
+vocab_size: 257
+max_seq_len: 32
+d_model: [32, 48]
+n_layers: [1, 2]
+pos: [rope, learned]
+layer:
+  n_heads: [2, 4]
+  attention: [full, sliding]
+  window: [8]
+  activation: [gelu, swiglu]
+  ffn_mult: [2]
+"""
+
+
+def make_recipe(tmp_path: Path, **search) -> dict:
+    (tmp_path / "space.yaml").write_text(SPACE)
+    return {
+        "study": "t",
+        "space": str(tmp_path / "space.yaml"),
+        "run_dir": str(tmp_path / "runs"),
+        "data": {"source": "stdlib", "tokenizer": "byte", "block_size": 32, "max_bytes": 100_000,
+                 "cache_dir": str(tmp_path / "cache")},
+        "train": {"max_steps": 2, "batch_size": 4, "warmup_steps": 1, "eval_blocks": 8, "seed": 3},
+        "search": {"sampler": "random", "n_trials": 4, "seed": 0, **search},
+    }
+
+
+def proxy_search(**search) -> dict:
+    return {"evaluator": "proxy", "proxy": "synflow", "objectives": ["neg_synflow"], **search}
+
+
+def test_cli_proxy_search_scores_without_training(tmp_path, monkeypatch, capsys) -> None:
+    """`llmnas search quickstart` with a synflow evaluator: 30 complete trials in well under a second each,
+    valued by the proxy, nothing trained or kept."""
+    monkeypatch.setenv("LLMNAS_CACHE", str(tmp_path / "cache"))
+    args = ["search", "quickstart", "--set", "search.evaluator=proxy", "--set", "search.proxy=synflow",
+            "--set", "search.objectives=[neg_synflow]", "--set", f"run_dir={tmp_path / 'runs'}", "--n-trials", "30"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "evaluator proxy synflow, no training" in out and "Top 5 by neg_synflow" in out
+    study = load_study(tmp_path / "runs" / "quickstart")
+    assert len(study.trials) == 30 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    seed = load_recipe("quickstart").train.seed
+    for t in study.trials:
+        a = t.user_attrs
+        assert a["evaluator"] == "proxy" and a["proxy"] == "synflow"
+        assert t.values == [-a["synflow"]] and "val_loss" not in a and "train_seconds" not in a
+    for t in study.trials[:3]:  # the stored value is the proxy's, recomputed here
+        assert t.user_attrs["synflow"] == score("synflow", trial_arch(t), seed=seed)
+    seconds = [t.user_attrs["proxy_seconds"] for t in study.trials if "reused_from" not in t.user_attrs]
+    assert statistics.median(seconds) < 0.25, seconds
+    assert study.user_attrs["setup"]["evaluator"] == {"kind": "proxy", "proxy": "synflow"}
+    assert not (tmp_path / "runs" / "quickstart" / "trials").exists()  # no checkpoint folders
+
+
+def test_grad_norm_proxy_reads_the_recipe_batch(tmp_path) -> None:
+    recipe = recipe_from_dict(make_recipe(tmp_path, **proxy_search(proxy="grad_norm",
+                                                                   objectives=["neg_grad_norm", "params"])))
+    study = run_search(recipe, show_progress=False).study
+    batch = proxy_batch(recipe, prepare_data(recipe.data))
+    assert batch[0].shape == (4, 32)  # train.batch_size windows of the block size
+    for t in study.trials:
+        expected = score("grad_norm", trial_arch(t), batch, seed=3)
+        assert t.values == [-expected, float(t.user_attrs["params"])]
+
+
+def test_proxy_objectives_beside_val_loss_with_training(tmp_path) -> None:
+    raw = make_recipe(tmp_path, objectives=["val_loss", "neg_synflow", "neg_non_embedding_params"], n_trials=2)
+    study = run_search(recipe_from_dict(raw), show_progress=False).study
+    for t in study.trials:
+        a, arch = t.user_attrs, trial_arch(t)
+        assert t.state == TrialState.COMPLETE and a["evaluator"] == "scratch" and a["steps"] == 2
+        assert t.values == [a["val_loss"], -score("synflow", arch, seed=3), -float(a["non_embedding_params"])]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_works_with_a_proxy(tmp_path, sampler: str) -> None:
+    recipe = recipe_from_dict(make_recipe(tmp_path, sampler=sampler, n_trials=5, **proxy_search()))
+    study = run_search(recipe, show_progress=False).study
+    assert len(study.trials) == 5 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert all(t.values == [-t.user_attrs["synflow"]] for t in study.trials)
+
+
+def test_a_study_resumes_only_with_its_evaluator(tmp_path) -> None:
+    run_search(recipe_from_dict(make_recipe(tmp_path, n_trials=2, **proxy_search())), show_progress=False)
+    other = make_recipe(tmp_path, n_trials=3, **proxy_search(proxy="params", objectives=["neg_params"]))
+    with pytest.raises(RecipeError, match="different objectives, evaluator"):
+        run_search(recipe_from_dict(other), show_progress=False)
+    # Two supernets with different weights are different evaluators too.
+    raw = make_recipe(tmp_path)
+    raw["study"] = "s"
+    recipe = recipe_from_dict(raw)
+    data = prepare_data(recipe.data)
+    space = prepare_space(recipe, data)
+    open_study(recipe, space, data, evaluator={"kind": "supernet", "supernet_id": "aaaaaaaaaaaa"})
+    open_study(recipe, space, data, evaluator={"kind": "supernet", "supernet_id": "aaaaaaaaaaaa"})  # resumes
+    with pytest.raises(RecipeError, match="different evaluator"):
+        open_study(recipe, space, data, evaluator={"kind": "supernet", "supernet_id": "bbbbbbbbbbbb"})
+
+
+def test_a_study_from_before_evaluators_resumes_training_from_scratch(tmp_path) -> None:
+    recipe = recipe_from_dict(make_recipe(tmp_path))
+    data = prepare_data(recipe.data)
+    space = prepare_space(recipe, data)
+    study = open_study(recipe, space, data)
+    setup = study.user_attrs["setup"]
+    assert setup.pop("evaluator") == {"kind": "scratch"}
+    study.set_user_attr("setup", setup)  # as written before search.evaluator existed
+    open_study(recipe, space, data)
+    with pytest.raises(RecipeError, match="different objectives, evaluator"):
+        open_study(recipe_from_dict(make_recipe(tmp_path, **proxy_search())), space, data,
+                   evaluator={"kind": "proxy", "proxy": "synflow"})
+
+
+def test_supernet_evaluator_scores_with_inherited_weights(tmp_path, monkeypatch, capsys) -> None:
+    from llmnas.supernet import evaluate_subnet, load_supernet
+    from llmnas.train import make_accelerator
+
+    monkeypatch.setenv("LLMNAS_CACHE", str(tmp_path / "llmnas-cache"))
+    raw = make_recipe(tmp_path, evaluator="supernet", n_trials=4)
+    raw["supernet"] = {"train": {"max_steps": 2}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["search", str(path)]) == 2  # no supernet trained yet: one clear error
+    err = capsys.readouterr().err
+    assert "r.yaml: search.supernet (default):" in err and "llmnas supernet train" in err
+    assert main(["supernet", "train", str(path)]) == 0
+    start = time.perf_counter()
+    assert main(["search", str(path)]) == 0
+    assert time.perf_counter() - start < 60
+    study = load_study(tmp_path / "runs" / "t")
+    recipe = recipe_from_dict(raw)
+    checkpoint = load_supernet(tmp_path / "runs" / "t" / "supernet")
+    data = prepare_data(recipe.data)
+    assert study.user_attrs["setup"]["evaluator"] == {"kind": "supernet", "supernet_id": checkpoint.id}
+    for t in study.trials:
+        a = t.user_attrs
+        assert t.state == TrialState.COMPLETE and "train_seconds" not in a
+        assert a["evaluator"] == "supernet" and a["supernet_id"] == checkpoint.id
+        assert a["supernet_path"] == str(checkpoint.path)
+    first = study.trials[0]
+    direct = evaluate_subnet(checkpoint.net, trial_arch(first), data, recipe.train, make_accelerator(recipe.train))
+    assert first.values == [pytest.approx(direct.val_loss)]
+    assert not (tmp_path / "runs" / "t" / "trials").exists()
+
+
+def test_evaluator_keys_are_checked_with_the_recipe(tmp_path) -> None:
+    def error(**search) -> str:
+        with pytest.raises(RecipeError) as e:
+            recipe_from_dict(make_recipe(tmp_path, **search), "r.yaml")
+        return str(e.value)
+
+    assert "search.evaluator='annealed': not allowed (allowed: scratch, proxy, supernet)" in error(evaluator="annealed")
+    assert "search.proxy: missing" in error(evaluator="proxy", objectives=["neg_synflow"])
+    assert "search.proxy='snip': not allowed" in error(evaluator="proxy", proxy="snip")
+    assert "the first objective must be neg_synflow" in error(evaluator="proxy", proxy="synflow")
+    assert "need training" in error(**proxy_search(objectives=["neg_synflow", "val_loss"]))
+    assert "only read with search.evaluator: proxy" in error(proxy="synflow")
+    assert "only read with search.evaluator: supernet" in error(supernet=str(tmp_path))
+    assert "search.supernet=" in error(evaluator="supernet", supernet=str(tmp_path / "nope"))
+    assert "is a file" in error(evaluator="supernet", supernet=str(tmp_path / "space.yaml"))
+    assert "the first objective must be val_loss or bits_per_byte" in error(objectives=["neg_synflow"])
+    ok = recipe_from_dict(make_recipe(tmp_path, evaluator="supernet", supernet=str(tmp_path)))
+    assert ok.search.supernet == str(tmp_path)
+    assert recipe_from_dict(make_recipe(tmp_path, **proxy_search())).search.directions == ["minimize"]
