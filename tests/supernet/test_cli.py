@@ -241,3 +241,9 @@ def test_train_into_a_supernet_of_another_space_or_recipe(trained, tmp_path, cap
         code, err = run_main([*base, *extra, "--out", str(out)], capsys)
         assert_one_clear_error(code, err, str(out), *says)
         assert files_under(tmp_path) == before, change
+    # a latest pointer naming no checkpoint: training does not start over silently
+    break_latest(out)
+    before = files_under(tmp_path)
+    code, err = run_main([*base, "--out", str(out)], capsys)
+    assert_one_clear_error(code, err, f"{out}/latest: names 'checkpoint-99', which is not a complete checkpoint")
+    assert files_under(tmp_path) == before
