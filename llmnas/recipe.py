@@ -22,7 +22,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmnas.data import DataConfig
 from llmnas.errors import DataError, LlmnasError, RecipeError
@@ -31,6 +31,9 @@ from llmnas.space import SPACES_DIR, read_yaml_mapping, resolve_space_path
 from llmnas.space.yaml_io import parse_value, yaml_type
 from llmnas.space.yaml_space import CONSTRAINT_KEYS
 from llmnas.train import TrainConfig
+
+if TYPE_CHECKING:
+    from llmnas.supernet.config import SupernetConfig
 
 OBJECTIVES = {
     # name: (direction, what it measures)
@@ -53,7 +56,7 @@ EVALUATORS = ("scratch", "proxy", "supernet")
 PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband")
 CONSTRAINT_MODES = ("reject", "sampler")
 BUDGET_KEYS = {"max_steps", "max_tokens", "max_seconds"}
-TOP_KEYS = ("study", "description", "space", "data", "train", "search", "retrain", "run_dir")
+TOP_KEYS = ("study", "description", "space", "data", "train", "search", "retrain", "supernet", "run_dir")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,6 +159,11 @@ class Recipe:
     search: SearchConfig = field(default_factory=SearchConfig)
     retrain: TrainConfig | None = None
     """Training used by ``llmnas train`` to retrain a chosen architecture (defaults to ``train``)."""
+    supernet: SupernetConfig | None = None
+    """How ``llmnas supernet train`` trains the weight-shared supernet of the space (``None``: no supernet)."""
+    supernet_train: TrainConfig | None = None
+    """The supernet's training (``supernet.train``: its budget counts optimizer steps of the whole
+    sandwich); keys not given there are the recipe's ``train`` keys, budget aside."""
     description: str = ""
     run_dir: str = "runs"
     """Folder holding one sub-folder per study."""
@@ -247,13 +255,9 @@ def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
     train = _dataclass(TrainConfig, _mapping(data, "train", source), source, "train")
     retrain = None
     if data.get("retrain") is not None:
-        overrides = _mapping(data, "retrain", source)
-        base = dataclasses.asdict(train)
-        if BUDGET_KEYS & overrides.keys():  # a retrain budget replaces the per-trial budget entirely
-            base.update(dict.fromkeys(BUDGET_KEYS))
-        _dataclass(TrainConfig, overrides, source, "retrain", build=False)  # names retrain's own keys
-        retrain = _dataclass(TrainConfig, {**base, **overrides}, source, "retrain")
+        retrain = _over_train(train, _mapping(data, "retrain", source), source, "retrain")
     search = _search(_mapping(data, "search", source, required=False), source)
+    supernet, supernet_train = _supernet(data, train, source)
     return Recipe(
         study=data["study"],
         space=data["space"],
@@ -261,10 +265,34 @@ def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
         train=train,
         search=search,
         retrain=retrain,
+        supernet=supernet,
+        supernet_train=supernet_train,
         description=str(data.get("description", "")),
         run_dir=str(data.get("run_dir", "runs")),
         source=source,
     )
+
+
+def _over_train(train: TrainConfig, overrides: dict[str, Any], source: str, section: str) -> TrainConfig:
+    """``train`` with ``overrides``; a budget given there replaces ``train``'s budget entirely."""
+    base = dataclasses.asdict(train)
+    if BUDGET_KEYS & overrides.keys():
+        base.update(dict.fromkeys(BUDGET_KEYS))
+    _dataclass(TrainConfig, overrides, source, section, build=False)  # names the section's own keys
+    return _dataclass(TrainConfig, {**base, **overrides}, source, section)
+
+
+def _supernet(data: dict[str, Any], train: TrainConfig, source: str) -> tuple[Any, TrainConfig | None]:
+    from llmnas.supernet.config import SupernetConfig
+
+    if data.get("supernet") is None:
+        return None, None
+    values = dict(_mapping(data, "supernet", source))
+    train_values = values.pop("train", None) or {}
+    if not isinstance(train_values, dict):
+        raise RecipeError(f"{source}: supernet.train: must be a mapping of keys, got {yaml_type(train_values)}")
+    cfg = _dataclass(SupernetConfig, values, source, "supernet")
+    return cfg, _over_train(train, train_values, source, "supernet.train")
 
 
 def _check_study_name(study: str, source: str) -> None:
