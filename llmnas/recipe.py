@@ -369,6 +369,8 @@ def _typed(value: Any, annotation: str, source: str, key: str) -> Any:
 
 def _in_section(message: str, section: str) -> str:
     """A config's own message (``train.lr=...: ...``, ``train: ...``) with its key placed under ``section``."""
+    if message.startswith((f"{section}.", f"{section}:")):  # the config names its own section already
+        return message
     head = re.match(r"(train|data)(?=[.:])", message)
     if head:  # every key of that config in the message: "train.lr=0, train.min_lr=1: ..."
         return re.sub(rf"\b{head.group(1)}(?=[.:])", section, message)
