@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from llmnas.proxies.common import Batch, ProxyError, data_batch, initial_model
+from llmnas.proxies.common import Batch, ProxyError, data_batch, initial_model, one_thread
 from llmnas.proxies.counts import non_embedding_params, params
 from llmnas.proxies.grad_norm import grad_norm
 from llmnas.proxies.registry import (
@@ -45,6 +45,7 @@ __all__ = [
     "non_embedding_params",
     "objective_name",
     "objective_value",
+    "one_thread",
     "params",
     "proxy_of_objective",
     "score",

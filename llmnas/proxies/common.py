@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -16,6 +19,19 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 class ProxyError(LlmnasError):
     """A proxy cannot score an architecture: an unknown name, or a batch missing or not fitting it."""
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one CPU thread inside the block. A proxy's tensors are small: more threads only add
+    synchronisation, and on a busy machine (other workers, other jobs) they wait for each other (synflow of a
+    tiny-space model on 2 shared cores: ~0.05 s on one thread, ~1 s on two)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def initial_model(arch: Architecture, seed: int) -> Decoder:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +27,7 @@ from accelerate.utils import broadcast_object_list
 
 from llmnas.data import TokenData
 from llmnas.errors import ArchitectureError, LlmnasError, RecipeError
-from llmnas.proxies import Batch, data_batch, get_proxy, objective_value, proxy_of_objective
+from llmnas.proxies import Batch, data_batch, get_proxy, objective_value, one_thread, proxy_of_objective
 from llmnas.recipe import Recipe
 from llmnas.space.arch import Architecture
 from llmnas.train import TrainingDiverged, TrainingPruned, train
@@ -126,19 +125,6 @@ def proxy_batch(recipe: Recipe, data: TokenData) -> Batch:
     """The one batch every data-reading proxy of a study sees: ``train.batch_size`` training windows of the
     block size, drawn with ``train.seed`` as the training loop draws them."""
     return data_batch(data.train, recipe.data.block_size, recipe.train.batch_size, recipe.train.seed)
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch on one CPU thread inside the block. A proxy's tensors are small: more threads only add
-    synchronisation, and on a busy machine (other workers, other jobs) they wait for each other (synflow of a
-    tiny-space model on 2 shared cores: ~0.05 s on one thread, ~1 s on two)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 class ProxyScorer:

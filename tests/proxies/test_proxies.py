@@ -17,6 +17,7 @@ from llmnas.proxies import (
     grad_norm,
     objective_name,
     objective_value,
+    one_thread,
     proxy_of_objective,
     score,
     synflow,
@@ -97,10 +98,13 @@ def test_synflow_is_finite_for_a_deep_model() -> None:
 def test_synflow_ignores_data_and_is_fast_on_the_largest_tiny_model() -> None:
     arch = largest_tiny()
     assert synflow(arch, batch_for(arch), 0) == synflow(arch, None, 0)
-    synflow(arch)  # warm-up
-    start = time.perf_counter()
-    synflow(arch)
-    assert time.perf_counter() - start < 1.0
+    seconds = []
+    with one_thread():  # as the search runs proxies
+        for _ in range(3):  # the best of three: a busy machine slows single runs down
+            start = time.perf_counter()
+            synflow(arch)
+            seconds.append(time.perf_counter() - start)
+    assert min(seconds) < 1.0, seconds
 
 
 def test_grad_norm_reads_the_data() -> None:

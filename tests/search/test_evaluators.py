@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from llmnas.cli import main
 from llmnas.data import prepare_data
 from llmnas.errors import RecipeError
-from llmnas.proxies import score
+from llmnas.proxies import one_thread, score
 from llmnas.recipe import load_recipe, recipe_from_dict
 from llmnas.samplers.factory import SAMPLERS
 from llmnas.search import load_study, run_search, trial_arch
@@ -50,6 +50,13 @@ def make_recipe(tmp_path: Path, **search) -> dict:
     }
 
 
+def proxy(name: str, arch, batch=None, seed: int = 3) -> float:
+    """The proxy as the search computes it (on one thread: the value does not depend on a thread count's
+    order of summation)."""
+    with one_thread():
+        return score(name, arch, batch, seed=seed)
+
+
 def proxy_search(**search) -> dict:
     return {"evaluator": "proxy", "proxy": "synflow", "objectives": ["neg_synflow"], **search}
 
@@ -71,7 +78,7 @@ def test_cli_proxy_search_scores_without_training(tmp_path, monkeypatch, capsys)
         assert a["evaluator"] == "proxy" and a["proxy"] == "synflow"
         assert t.values == [-a["synflow"]] and "val_loss" not in a and "train_seconds" not in a
     for t in study.trials[:3]:  # the stored value is the proxy's, recomputed here
-        assert t.user_attrs["synflow"] == score("synflow", trial_arch(t), seed=seed)
+        assert t.user_attrs["synflow"] == proxy("synflow", trial_arch(t), seed=seed)
     seconds = [t.user_attrs["proxy_seconds"] for t in study.trials if "reused_from" not in t.user_attrs]
     assert statistics.median(seconds) < 0.25, seconds
     assert study.user_attrs["setup"]["evaluator"] == {"kind": "proxy", "proxy": "synflow"}
@@ -85,7 +92,7 @@ def test_grad_norm_proxy_reads_the_recipe_batch(tmp_path) -> None:
     batch = proxy_batch(recipe, prepare_data(recipe.data))
     assert batch[0].shape == (4, 32)  # train.batch_size windows of the block size
     for t in study.trials:
-        expected = score("grad_norm", trial_arch(t), batch, seed=3)
+        expected = proxy("grad_norm", trial_arch(t), batch)
         assert t.values == [-expected, float(t.user_attrs["params"])]
 
 
@@ -95,7 +102,7 @@ def test_proxy_objectives_beside_val_loss_with_training(tmp_path) -> None:
     for t in study.trials:
         a, arch = t.user_attrs, trial_arch(t)
         assert t.state == TrialState.COMPLETE and a["evaluator"] == "scratch" and a["steps"] == 2
-        assert t.values == [a["val_loss"], -score("synflow", arch, seed=3), -float(a["non_embedding_params"])]
+        assert t.values == [a["val_loss"], -proxy("synflow", arch), -float(a["non_embedding_params"])]
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
