@@ -391,14 +391,17 @@ def write_table(results: dict, out: Path) -> None:
                   f"| from scratch (600 steps + whole-holdout evaluation), mean of {len(rows)} | {scratch_s:.1f} | "
                   f"{scratch_tokens:,} | whole holdout |",
                   f"| supernet: its training ({s['train_seconds']:.0f} s, {s['subnet_tokens']:,} subnet tokens) / {n} "
-                  f"architectures + scoring one ({trial_s:.2f} s) | {per_arch:.2f} | {sn_tokens:,.0f} | {windows * block:,} |", "",
+                  f"architectures + scoring one ({trial_s:.2f} s) | {per_arch:.2f} | {sn_tokens:,.0f} | "
+                  f"{windows * block:,} |", "",
                   f"Ratio: {scratch_s / per_arch:.1f}x less time and {scratch_tokens / sn_tokens:.1f}x fewer training "
-                  "tokens per evaluated architecture (same machine, 1 torch thread each, other jobs sharing the cores).",
+                  "tokens per evaluated architecture (same machine, 1 torch thread each, other jobs sharing the "
+                  "cores).",
                   ""]
     if "retrain" in results:
         prior = load(REPO / "eval" / "shakespeare" / "results" / "shakespeare.json")
         lines += ["## Retrained winners (2000 steps, whole training split, nanoGPT's validation split)", "",
-                  "| model | params | supernet loss (holdout) | val loss (mean ± std over seeds) |", "|---|---:|---:|---:|"]
+                  "| model | params | supernet loss (holdout) | val loss (mean ± std over seeds) |",
+                  "|---|---:|---:|---:|"]
         for r in prior.get("retrain", []):
             v = [x["val_loss"] for x in r["runs"]]
             lines.append(f"| from-scratch search: trial {r['trial']} `{r['short']}` | {r['params'] / 1e6:.3f}M | | "
@@ -411,7 +414,8 @@ def write_table(results: dict, out: Path) -> None:
         lines.append("")
     if "speed" in results:
         sp = results["speed"]
-        lines += ["## Speed", "", f"- sandwich step ({sp['subnets_per_step']} subnets): {sp['sandwich_step_s'] * 1e3:.1f} ms "
+        lines += ["## Speed", "",
+                  f"- sandwich step ({sp['subnets_per_step']} subnets): {sp['sandwich_step_s'] * 1e3:.1f} ms "
                   f"= {sp['sandwich_ratio']:.2f}x one step of the largest subnet as a standalone Decoder "
                   f"({sp['largest_step_s'] * 1e3:.1f} ms)",
                   f"- scoring through the supernet / standalone Decoder (forward, batch {sp['batch']}): median "

@@ -162,7 +162,8 @@ def _trial(args: argparse.Namespace) -> tuple[Any, Path]:
             args.supernet = trial.user_attrs.get("supernet_path")
             if args.supernet is None:
                 raise ExportError(
-                    f"trial {trial.number} of study {study.study_name!r} was not scored by a supernet: give --supernet DIR"
+                    f"trial {trial.number} of study {study.study_name!r} was not scored by a supernet: "
+                    "give --supernet DIR"
                 )
         return arch, args.weights
     if not found:

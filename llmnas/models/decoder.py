@@ -147,7 +147,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         dropout = self.dropout if self.training else 0.0
-        return attend(x, self.q.weight, self.k.weight, self.v.weight, self.out.weight, self.spec, self.pos, ctx, dropout)
+        weights = (self.q.weight, self.k.weight, self.v.weight, self.out.weight)
+        return attend(x, *weights, self.spec, self.pos, ctx, dropout)
 
 
 def attend(
