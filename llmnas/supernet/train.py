@@ -340,6 +340,7 @@ def _save(accelerator: Accelerator, net: torch.nn.Module, out: Path, step: int, 
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp / STATE))
+    accelerator.wait_for_everyone()  # each process writes its own random state there, without a barrier after it
     if accelerator.is_main_process:
         write_weights(accelerator.unwrap_model(net), tmp, meta)
         if data.tokenizer is not None:
