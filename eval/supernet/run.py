@@ -67,7 +67,10 @@ def load(path: Path) -> dict:
 
 
 def save(results: dict, path: Path) -> None:
-    path.write_text(json.dumps(results, indent=1) + "\n")
+    """Write the keys this stage produces (and the machine) to the stage's own file: stages run in parallel
+    processes never overwrite each other's results with stale copies."""
+    keys = (STAGE, "machine")
+    path.write_text(json.dumps({k: results[k] for k in keys if k in results}, indent=1) + "\n")
 
 
 def fidelity_archs(space) -> list[Architecture]:
@@ -128,7 +131,8 @@ def stage_fidelity(recipe, results: dict, out: Path) -> None:
 
     data = prepare_data(recipe.data)
     ckpt = load_supernet(supernet_dir(recipe))
-    rows = results["scratch"]
+    rows = [{"arch_id": r["arch_id"], "arch": r["arch"], "params": r["params"], "val_loss": r["val_loss"]}
+            for r in results["scratch"]]
     acc = Accelerator(cpu=True)
     batch = data_batch(data.train, recipe.data.block_size, recipe.train.batch_size, seed=0)
     for row in rows:
@@ -146,7 +150,8 @@ def stage_fidelity(recipe, results: dict, out: Path) -> None:
     for name in PROXIES:
         sign = -1.0 if REGISTRY[name].direction == "maximize" else 1.0  # a larger score predicts a lower loss
         table[name] = rank_stats(truth, [sign * r[name] for r in rows])
-    results["fidelity"] = {"checkpoint": str(ckpt.path), "checkpoint_id": ckpt.id, "n": len(rows), "table": table}
+    results["fidelity"] = {"checkpoint": str(ckpt.path), "checkpoint_id": ckpt.id, "n": len(rows), "table": table,
+                           "rows": rows}
     plot_fidelity(rows, table, out / "fidelity.png")
 
 
@@ -289,7 +294,7 @@ def stage_speed(recipe, results: dict, repeats: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global OUT_JSON
+    global OUT_JSON, STAGE
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--stages", default="supernet,scratch,fidelity,search,retrain,speed")
     p.add_argument("--data", type=Path, default=DATA)
@@ -307,12 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    OUT_JSON = args.out / f"supernet-{args.stages.replace(',', '-')}.json" if args.stages.count(",") == 0 \
-        else args.out / "supernet.json"
     common = [f"data.source={args.data}", f"run_dir={args.run_dir}", f"search.n_trials={args.n_trials}",
               *args.overrides]
     recipe = load_recipe(RECIPE, common)
     for stage in args.stages.split(","):
+        STAGE, OUT_JSON = stage, args.out / f"supernet-{stage}.json"
         results = merged(args.out)
         results["machine"] = {"processor": platform.processor() or platform.machine(), "torch": torch.__version__,
                               "threads": torch.get_num_threads(), "python": platform.python_version()}
@@ -333,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             stage_speed(recipe, results, args.repeats)
         else:
             raise SystemExit(f"--stages: unknown stage {stage!r}")
-        results.setdefault("stage_seconds", {})[stage] = time.perf_counter() - t0
+        if isinstance(results.get(stage), dict):
+            results[stage]["stage_seconds"] = time.perf_counter() - t0
         save(results, OUT_JSON)
         print(f"stage {stage}: {time.perf_counter() - t0:.0f}s", flush=True)
     write_table(merged(args.out), args.out)
@@ -345,10 +350,7 @@ def merged(out: Path) -> dict:
     results: dict = {}
     for path in sorted(out.glob("supernet*.json")):
         for key, value in load(path).items():
-            if key == "stage_seconds":
-                results.setdefault(key, {}).update(value)
-            else:
-                results[key] = value
+            results[key] = value
     return results
 
 
@@ -362,7 +364,7 @@ def write_table(results: dict, out: Path) -> None:
         lines += ["", "Truth: holdout loss after 600 steps from scratch. ![scatter](fidelity.png)", ""]
         if "scratch_full" in results:
             full = {r["arch_id"]: r["val_loss"] for r in results["scratch_full"]}
-            rows = [r for r in results["scratch"] if r["arch_id"] in full]
+            rows = [r for r in f["rows"] if r["arch_id"] in full]
             truth = [full[r["arch_id"]] for r in rows]
             lines += [f"Against a second truth, the holdout loss after the full 2000 steps from scratch "
                       f"({len(rows)} of the architectures):", "", "| scorer | Kendall tau | Spearman rho |",
@@ -427,6 +429,7 @@ def write_table(results: dict, out: Path) -> None:
 
 
 OUT_JSON = HERE / "results" / "supernet.json"
+STAGE = ""
 
 if __name__ == "__main__":
     sys.exit(main())
