@@ -19,6 +19,12 @@ Stages (each writes into ``eval/supernet/results/supernet.json``; a rerun skips 
 
     python eval/supernet/run.py                                   # everything (about an hour on 2 cores)
     python eval/supernet/run.py --stages scratch --threads 1      # one stage (stages 1 and 2 may run at once)
+
+Ablation (uniform sampling, no largest/smallest; the from-scratch truth read from the main results):
+
+    python eval/supernet/run.py --stages supernet,fidelity --threads 1 --out eval/supernet/results/uniform \
+        --truth eval/supernet/results --set supernet.largest=false --set supernet.smallest=false \
+        --set supernet.random_subnets=4 --set supernet.out=runs/supernet_shakespeare/supernet_uniform
 """
 
 from __future__ import annotations
@@ -306,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--run-dir", default=str(REPO / "runs"))
     p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--truth", type=Path, default=None,
+                   help="read the from-scratch stages (scratch, scratch_full) from this results folder (ablations)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe override (smoke runs only: the reported protocol is the recipe's)")
     args = p.parse_args(argv)
@@ -318,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     for stage in args.stages.split(","):
         STAGE, OUT_JSON = stage, args.out / f"supernet-{stage}.json"
         results = merged(args.out)
+        if args.truth is not None:
+            truth = merged(args.truth)
+            results.update({k: truth[k] for k in ("scratch", "scratch_full") if k in truth})
         results["machine"] = {"processor": platform.processor() or platform.machine(), "torch": torch.__version__,
                               "threads": torch.get_num_threads(), "python": platform.python_version()}
         t0 = time.perf_counter()
@@ -341,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
             results[stage]["stage_seconds"] = time.perf_counter() - t0
         save(results, OUT_JSON)
         print(f"stage {stage}: {time.perf_counter() - t0:.0f}s", flush=True)
-    write_table(merged(args.out), args.out)
+    final = merged(args.out)
+    if args.truth is not None:
+        final.update({k: v for k, v in merged(args.truth).items() if k in ("scratch", "scratch_full")})
+    write_table(final, args.out)
     return 0
 
 
@@ -375,7 +389,7 @@ def write_table(results: dict, out: Path) -> None:
                 st = rank_stats(truth, [sign.get(key, 1) * r[key] for r in rows])
                 lines.append(f"| {name} | {st['kendall_tau']:.3f} | {st['spearman_rho']:.3f} |")
             lines.append("")
-    if "supernet" in results and "scratch" in results:
+    if "supernet" in results and "scratch" in results and "search" in results:
         s, rows = results["supernet"], results["scratch"]
         scratch_s = statistics.mean(r["train_seconds"] + r["eval_seconds"] for r in rows)
         n = results.get("search", {}).get("complete", 1000)
