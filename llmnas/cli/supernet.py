@@ -60,8 +60,26 @@ def train(args: argparse.Namespace) -> int:
         scores = ", ".join(f"{role} {value:.4f}" for role, value in run.scores.items())
         print(f"supernet: {run.path} after {run.steps} steps, {run.tokens:,} subnet tokens, {run.train_seconds:.0f}s"
               + (f"; validation loss {scores}" if scores else ""))
-        print(f"search it: llmnas search {args.recipe} --set search.evaluator=supernet --set search.supernet={out}")
+        print(f"search it: {search_command(args, recipe, out)}")
     return 0
+
+
+def search_command(args: argparse.Namespace, recipe, out: Path) -> str:
+    """The ``llmnas search`` command that scores with this supernet: the user's overrides, plus the
+    evaluator and the folder when the recipe would not find them by itself."""
+    import shlex
+
+    words = ["llmnas", "search", str(args.recipe)]
+    for item in args.overrides:
+        words += ["--set", item]
+    sets = []
+    if recipe.search.evaluator != "supernet":
+        sets.append("search.evaluator=supernet")
+    if args.out is not None or recipe.search.evaluator != "supernet" or recipe.search.supernet is not None:
+        sets.append(f"search.supernet={out}")
+    for item in sets:
+        words += ["--set", item]
+    return shlex.join(words)
 
 
 def show(args: argparse.Namespace) -> int:

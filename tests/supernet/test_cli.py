@@ -79,7 +79,23 @@ def test_train_prints_where_the_supernet_is_and_how_to_search_it(trained) -> Non
     assert sum(line.startswith("step ") for line in lines) == STEPS
     assert f"supernet: {out}/checkpoint-{STEPS} after {STEPS} steps" in done.stdout
     assert "validation loss largest" in done.stdout
-    assert f"llmnas search supernet_quick --set search.evaluator=supernet --set search.supernet={out}" in done.stdout
+    # the search command repeats the user's overrides (run_dir, data, ...), then names the evaluator and folder
+    hint = next(line for line in lines if line.startswith("search it: ")).removeprefix("search it: ")
+    assert hint.startswith("llmnas search supernet_quick --set search.evaluator=scratch --set run_dir=")
+    assert hint.endswith(f"--set search.evaluator=supernet --set search.supernet={out}")
+
+
+def test_search_hint_is_short_when_the_recipe_finds_its_supernet(tmp_path) -> None:
+    import argparse
+
+    from llmnas.cli.supernet import search_command, supernet_dir
+    from llmnas.recipe import load_recipe
+
+    recipe = load_recipe("supernet_quick")
+    args = argparse.Namespace(recipe="supernet_quick", overrides=[], out=None)
+    assert search_command(args, recipe, supernet_dir(recipe)) == "llmnas search supernet_quick"
+    args = argparse.Namespace(recipe="supernet_quick", overrides=["run_dir=/x y"], out=None)
+    assert search_command(args, recipe, supernet_dir(recipe)) == "llmnas search supernet_quick --set 'run_dir=/x y'"
 
 
 def test_show_prints_the_checkpoint(trained, capsys) -> None:
