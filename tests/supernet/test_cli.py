@@ -143,6 +143,41 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_weights(trained) -> None
     assert (mine["tokens"], mine["scores"]) == (ref["tokens"], ref["scores"])
 
 
+def test_ctrl_c_keeps_the_finished_steps_and_the_rerun_ends_with_the_uninterrupted_weights(trained) -> None:
+    """The first Ctrl-C stops at the next micro-batch and writes a checkpoint of the finished steps (no
+    periodic checkpoint here), exit status 130; the same command resumes from it."""
+    quick, reference, _ = trained
+    run_dir = quick.root / "interrupted"
+    out = run_dir / "supernet_quick" / "supernet"
+    argv = quick.argv(run_dir, "supernet.checkpoint_interval=0")
+    proc = subprocess.Popen(argv, cwd=quick.root, env=quick.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        seen = ""
+        while "step 3:" not in seen:  # a few steps done, then Ctrl-C
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no step 3 after 240 s"
+            seen += line
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "interrupted: checkpoint" in stdout
+    stopped = json.loads((out / (out / "latest").read_text().strip() / "supernet.json").read_text())
+    assert stopped["finished"] is False and 3 <= stopped["step"] < STEPS
+
+    done = quick.run(run_dir, "supernet.checkpoint_interval=0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming {out}/checkpoint-{stopped['step']}" in done.stdout
+    final = out / f"checkpoint-{STEPS}"
+    ours, theirs = tensors(final), tensors(reference / final.name)
+    assert [k for k in ours if not torch.equal(ours[k], theirs[k])] == []
+
+
 # ---------------------------------------------------------------------- bad input: one clear line, nothing written
 def run_main(argv: list[str], capsys) -> tuple[int, str]:
     try:
