@@ -25,6 +25,10 @@ Ablation (uniform sampling, no largest/smallest; the from-scratch truth read fro
     python eval/supernet/run.py --stages supernet,fidelity --threads 1 --out eval/supernet/results/uniform \
         --truth eval/supernet/results --set supernet.largest=false --set supernet.smallest=false \
         --set supernet.random_subnets=4 --set supernet.out=runs/supernet_shakespeare/supernet_uniform
+
+A disjoint tuning set of architectures (then ``--stages fidelity`` with the same ``--arch-seed`` and ``--out``):
+
+    python eval/supernet/run.py --stages scratch --threads 1 --arch-seed 777 --out eval/supernet/results/tuning
 """
 
 from __future__ import annotations
@@ -300,7 +304,7 @@ def stage_speed(recipe, results: dict, repeats: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global OUT_JSON, STAGE
+    global OUT_JSON, STAGE, ARCH_SEED
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--stages", default="supernet,scratch,fidelity,search,retrain,speed")
     p.add_argument("--data", type=Path, default=DATA)
@@ -312,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--run-dir", default=str(REPO / "runs"))
     p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--arch-seed", type=int, default=ARCH_SEED,
+                   help="seed of the fidelity architectures (another seed gives a disjoint tuning set)")
     p.add_argument("--truth", type=Path, default=None,
                    help="read the from-scratch stages (scratch, scratch_full) from this results folder (ablations)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -319,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    ARCH_SEED = args.arch_seed
     args.out.mkdir(parents=True, exist_ok=True)
     common = [f"data.source={args.data}", f"run_dir={args.run_dir}", f"search.n_trials={args.n_trials}",
               *args.overrides]
