@@ -8,12 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 
 from llmnas.cli import main
 from llmnas.data import prepare_data
 from llmnas.errors import RecipeError
+from llmnas.models.decoder import Decoder
 from llmnas.proxies import one_thread, score
 from llmnas.recipe import load_recipe, recipe_from_dict
 from llmnas.samplers.factory import SAMPLERS
@@ -79,8 +81,19 @@ def test_cli_proxy_search_scores_without_training(tmp_path, monkeypatch, capsys)
         assert t.values == [-a["synflow"]] and "val_loss" not in a and "train_seconds" not in a
     for t in study.trials[:3]:  # the stored value is the proxy's, recomputed here
         assert t.user_attrs["synflow"] == proxy("synflow", trial_arch(t), seed=seed)
-    seconds = [t.user_attrs["proxy_seconds"] for t in study.trials if "reused_from" not in t.user_attrs]
-    assert statistics.median(seconds) < 0.25, seconds
+    # A ratio, not a wall-clock bound: a proxy costs less than 5 training steps of the same architecture
+    # (a quickstart trial trains hundreds), both timed here on the same (possibly loaded) machine.
+    timed = [t for t in study.trials if "reused_from" not in t.user_attrs]
+    arch = trial_arch(timed[len(timed) // 2])
+    model = Decoder(arch)
+    x = torch.randint(0, arch.vocab_size, (16, arch.max_seq_len), generator=torch.Generator().manual_seed(0))
+    with one_thread():
+        start = time.perf_counter()
+        for _ in range(5):
+            model(x, targets=x).loss.backward()
+        five_steps = time.perf_counter() - start
+    seconds = [t.user_attrs["proxy_seconds"] for t in timed]
+    assert statistics.median(seconds) < five_steps, (seconds, five_steps)
     assert study.user_attrs["setup"]["evaluator"] == {"kind": "proxy", "proxy": "synflow"}
     assert not (tmp_path / "runs" / "quickstart" / "trials").exists()  # no checkpoint folders
 
@@ -157,9 +170,7 @@ def test_supernet_evaluator_scores_with_inherited_weights(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert "r.yaml: search.supernet (default):" in err and "llmnas supernet train" in err
     assert main(["supernet", "train", str(path)]) == 0
-    start = time.perf_counter()
     assert main(["search", str(path)]) == 0
-    assert time.perf_counter() - start < 60
     study = load_study(tmp_path / "runs" / "t")
     recipe = recipe_from_dict(raw)
     checkpoint = load_supernet(tmp_path / "runs" / "t" / "supernet")
@@ -168,6 +179,8 @@ def test_supernet_evaluator_scores_with_inherited_weights(tmp_path, monkeypatch,
     for t in study.trials:
         a = t.user_attrs
         assert t.state == TrialState.COMPLETE and "train_seconds" not in a
+        # a count instead of a wall-clock bound: no training step, only the recipe's 8 validation windows
+        assert "steps" not in a and a["windows"] == recipe.train.eval_blocks == 8
         assert a["evaluator"] == "supernet" and a["supernet_id"] == checkpoint.id
         assert a["supernet_path"] == str(checkpoint.path)
     first = study.trials[0]
