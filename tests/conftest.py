@@ -10,11 +10,28 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: A two-width, two-depth transformer space: searches over it train in seconds (evaluator and supernet tests).
+MICRO_SPACE = """\
+name: micro
+vocab_size: 257
+max_seq_len: 32
+d_model: [32, 48]
+n_layers: [1, 2]
+pos: [rope, learned]
+layer:
+  n_heads: [2, 4]
+  attention: [full, sliding]
+  window: [8]
+  activation: [gelu, swiglu]
+  ffn_mult: [2]
+"""
+DEEPSPEED_CONFIG = REPO / "recipes" / "accelerate" / "cpu_deepspeed_zero2.yaml"  # the shipped one
 SHARED_DATA = Path(os.environ.get("LLMNAS_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -40,3 +57,17 @@ def run_group(cmd: list[str], *, timeout: float, **kwargs) -> subprocess.Complet
         out, err = proc.communicate()
         pytest.fail(f"{' '.join(cmd)} did not finish in {timeout} s (processes stuck?)\n{err[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def launch_two_processes(mode: str, script: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``script`` under ``accelerate launch`` on two CPU processes: ``ddp`` (gloo) or ``deepspeed`` (ZeRO-2 with
+    the shipped CPU config, which must run without ACCELERATE_USE_CPU)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
+    if mode == "ddp":
+        env["ACCELERATE_USE_CPU"] = "1"
+        launcher += ["--multi_gpu", "--num_processes", "2"]
+    else:
+        env.pop("ACCELERATE_USE_CPU", None)
+        launcher += ["--config_file", str(DEEPSPEED_CONFIG)]
+    return run_group([*launcher, str(script), *args], cwd=REPO, env=env, timeout=timeout)

@@ -22,25 +22,11 @@ from llmnas.samplers.factory import SAMPLERS
 from llmnas.search import load_study, run_search, trial_arch
 from llmnas.search.engine import open_study, prepare_space
 from llmnas.search.evaluators import proxy_batch
-
-SPACE = """\
-name: micro
-vocab_size: 257
-max_seq_len: 32
-d_model: [32, 48]
-n_layers: [1, 2]
-pos: [rope, learned]
-layer:
-  n_heads: [2, 4]
-  attention: [full, sliding]
-  window: [8]
-  activation: [gelu, swiglu]
-  ffn_mult: [2]
-"""
+from tests.conftest import MICRO_SPACE
 
 
 def make_recipe(tmp_path: Path, **search) -> dict:
-    (tmp_path / "space.yaml").write_text(SPACE)
+    (tmp_path / "space.yaml").write_text(MICRO_SPACE)
     return {
         "study": "t",
         "space": str(tmp_path / "space.yaml"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,10 @@ from safetensors.torch import load_file
 from llmnas.search.engine import prepare_space, recipe_data
 from llmnas.supernet.train import SandwichPlan, train_supernet
 from llmnas.train import make_accelerator
-from tests.conftest import REPO, run_group
+from tests.conftest import launch_two_processes
 from tests.supernet.dist_supernet import BATCH, SCENARIOS, recipe, train_config, weights_hash
 
 SCRIPT = Path(__file__).with_name("dist_supernet.py")
-DEEPSPEED_CONFIG = REPO / "recipes" / "accelerate" / "cpu_deepspeed_zero2.yaml"  # the shipped one
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +37,7 @@ def corpus(tmp_path_factory):
 def launch(tmp_path: Path, cache: Path, mode: str) -> list[dict]:
     out = tmp_path / mode
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
-    if mode == "ddp":
-        env["ACCELERATE_USE_CPU"] = "1"
-        launcher += ["--multi_gpu", "--num_processes", "2"]
-    else:
-        env.pop("ACCELERATE_USE_CPU", None)
-        launcher += ["--config_file", str(DEEPSPEED_CONFIG)]
-    done = run_group([*launcher, str(SCRIPT), str(out), str(cache)], cwd=REPO, env=env, timeout=300)
+    done = launch_two_processes(mode, SCRIPT, str(out), str(cache))
     assert "Expected to have finished reduction" not in done.stderr, done.stderr[-4000:]
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]

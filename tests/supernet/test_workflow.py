@@ -14,27 +14,13 @@ from optuna.trial import TrialState
 from llmnas.cli import main
 from llmnas.search import load_study, select_trial, trial_arch
 from llmnas.supernet import load_supernet
-
-SPACE = """\
-name: micro
-vocab_size: 257
-max_seq_len: 32
-d_model: [32, 48]
-n_layers: [1, 2]
-pos: [rope, learned]
-layer:
-  n_heads: [2, 4]
-  attention: [full, sliding]
-  window: [8]
-  activation: [gelu, swiglu]
-  ffn_mult: [2]
-"""
+from tests.conftest import MICRO_SPACE
 
 
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory):
     root = tmp_path_factory.mktemp("workflow")
-    (root / "space.yaml").write_text(SPACE)
+    (root / "space.yaml").write_text(MICRO_SPACE)
     recipe = {
         "study": "w",
         "space": str(root / "space.yaml"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,26 +18,17 @@ from accelerate import Accelerator
 from llmnas.data import DataConfig, prepare_data
 from llmnas.models.decoder import Decoder
 from llmnas.train import TrainConfig, train
-from tests.conftest import REPO, run_group, shared_data
+from tests.conftest import launch_two_processes, shared_data
 from tests.train.dist_script import BLOCK, arch
 
 SCRIPT = Path(__file__).with_name("dist_script.py")
-DEEPSPEED_CONFIG = REPO / "recipes" / "accelerate" / "cpu_deepspeed_zero2.yaml"  # the shipped one
 
 
 def launch(tmp_path: Path, mode: str) -> list[dict]:
     data_file = shared_data("text/tinyshakespeare.txt")
     out = tmp_path / mode
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
-    if mode == "ddp":
-        env["ACCELERATE_USE_CPU"] = "1"
-        launcher += ["--multi_gpu", "--num_processes", "2"]
-    else:
-        env.pop("ACCELERATE_USE_CPU", None)
-        launcher += ["--config_file", str(DEEPSPEED_CONFIG)]
-    done = run_group([*launcher, str(SCRIPT), str(out), str(data_file)], cwd=REPO, env=env, timeout=300)
+    done = launch_two_processes(mode, SCRIPT, str(out), str(data_file))
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
