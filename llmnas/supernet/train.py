@@ -21,7 +21,6 @@ Distributed correctness:
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -55,14 +54,14 @@ from llmnas.supernet.evaluate import evaluate_subnet
 from llmnas.supernet.model import SuperNet
 from llmnas.train.loop import (
     TrainConfig,
-    TrainingDiverged,
+    agreed_update,
     check_accelerator,
     lr_at,
     make_optimizer,
     total_steps,
     training_loader,
 )
-from llmnas.train.ranks import from_main, mean_loss_or_failure, run_guarded
+from llmnas.train.ranks import from_main, run_guarded
 
 
 # ---------------------------------------------------------------------- which subnets each step trains
@@ -381,12 +380,5 @@ def _sandwich_micro_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer,
             loss = total / len(archs) + _touch(net)
         except (Exception, KeyboardInterrupt) as e:  # announced to the other processes before the backward
             error = e
-        value = mean_loss_or_failure(loss, error, accelerator)
-        if not math.isfinite(value):
-            raise TrainingDiverged(step + 1, value)
-        accelerator.backward(loss)
-        if accelerator.sync_gradients and train_cfg.grad_clip:
-            accelerator.clip_grad_norm_(net.parameters(), train_cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        agreed_update(net, optimizer, loss, error, train_cfg, accelerator, step)
     return {role: float(np.mean(v)) for role, v in parts.items()}

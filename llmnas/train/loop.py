@@ -389,14 +389,23 @@ def _micro_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batches:
             loss = net(x, targets=y).loss
         except (Exception, KeyboardInterrupt) as e:  # announced to the other processes before the backward pass
             error = e
-        value = mean_loss_or_failure(loss, error, accelerator)
-        if not math.isfinite(value):  # every process sees the same mean, so every process stops here
-            raise TrainingDiverged(step + 1, value)
-        accelerator.backward(loss)
-        if accelerator.sync_gradients and cfg.grad_clip:
-            accelerator.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        return agreed_update(net, optimizer, loss, error, cfg, accelerator, step)
+
+
+def agreed_update(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor | None,
+                  error: BaseException | None, cfg: TrainConfig, accelerator: Accelerator, step: int) -> float:
+    """After a micro-batch's forward: agree on the loss and on any failure, then backward, clip and step.
+
+    Call it inside ``accelerator.accumulate``; returns the loss averaged over processes.
+    """
+    value = mean_loss_or_failure(loss, error, accelerator)
+    if not math.isfinite(value):  # every process sees the same mean, so every process stops here
+        raise TrainingDiverged(step + 1, value)
+    accelerator.backward(loss)
+    if accelerator.sync_gradients and cfg.grad_clip:
+        accelerator.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     return value
 
 
