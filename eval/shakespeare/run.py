@@ -34,7 +34,7 @@ from accelerate import Accelerator
 from llmnas.data import TokenData, prepare_data
 from llmnas.recipe import load_recipe
 from llmnas.search import load_study, run_search, trial_arch
-from llmnas.search.study import ranked
+from llmnas.search.study import best_distinct
 from llmnas.space import Architecture, AttentionSpec, BlockSpec, DenseFFN
 from llmnas.train import train
 
@@ -155,13 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "retrain" in stages:
         study = load_study(Path(args.run_dir) / args.study)
-        picked, seen = [], set()
-        for t in ranked(study):
-            if t.user_attrs["arch_id"] not in seen:
-                seen.add(t.user_attrs["arch_id"])
-                picked.append(t)
-            if len(picked) == args.top:
-                break
+        picked = best_distinct(study, args.top)
         results["retrain"] = []
         for t in picked:
             arch = trial_arch(t)

@@ -206,18 +206,12 @@ def stage_search(recipe_args: list[str], results: dict) -> None:
 
 def stage_retrain(recipe_args: list[str], results: dict, top: int, seeds: int) -> None:
     from llmnas.search import load_study, trial_arch
-    from llmnas.search.study import ranked
+    from llmnas.search.study import best_distinct
 
     recipe = load_recipe(RECIPE, [*recipe_args, "data.holdout=null"])
     data = prepare_data(recipe.data)
     study = load_study(Path(recipe.run_dir) / recipe.study)
-    picked, seen = [], set()
-    for t in ranked(study):
-        if t.user_attrs["arch_id"] not in seen:
-            seen.add(t.user_attrs["arch_id"])
-            picked.append(t)
-        if len(picked) == top:
-            break
+    picked = best_distinct(study, top)
     done = {r["arch_id"]: r for r in results.get("retrain", [])}
     for t in picked:
         arch = trial_arch(t)

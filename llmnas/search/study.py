@@ -97,6 +97,16 @@ def ranked(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(done, key=lambda t: (t.values[0], t.number))
 
 
+def best_distinct(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    """The ``k`` best completed trials with distinct architectures (a repeat counts once)."""
+    picked, seen = [], set()
+    for t in ranked(study):
+        if t.user_attrs["arch_id"] not in seen and len(picked) < k:
+            seen.add(t.user_attrs["arch_id"])
+            picked.append(t)
+    return picked
+
+
 def select_trial(study: optuna.Study, which: str) -> FrozenTrial:
     """``best`` (lowest first objective), or a trial number."""
     done = ranked(study)
