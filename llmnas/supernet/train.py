@@ -21,6 +21,7 @@ Distributed correctness:
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -99,8 +100,9 @@ class SandwichPlan:
         pool = [space.sample_params(rng) for _ in range(cfg.pool_size)]
         archs = [space.decode(p) for p in pool]
         sizes = [size_key(a) for a in archs]
-        self.largest = extreme(space, pool[int(np.argmax([s[0] * 2**40 + s[1] for s in sizes]))], 1)
-        self.smallest = extreme(space, pool[int(np.argmin([s[0] * 2**40 + s[1] for s in sizes]))], -1)
+        order = range(len(pool))
+        self.largest = extreme(space, pool[max(order, key=sizes.__getitem__)], 1)
+        self.smallest = extreme(space, pool[min(order, key=sizes.__getitem__)], -1)
         self.pool = archs
         self.pool_params = np.array([s[0] for s in sizes])
 
@@ -167,8 +169,6 @@ def run_record(space: TransformerSpace, cfg: SupernetConfig, train_cfg: TrainCon
 
 def _check_resume(record: dict[str, Any], meta: dict[str, Any], path: Path) -> None:
     stored = meta.get("record", {})
-    import json
-
     fresh = json.loads(json.dumps(record, default=str))
     changed = [k for k in fresh if fresh[k] != stored.get(k)]
     if changed:
@@ -323,8 +323,6 @@ def _meta(record: dict[str, Any], space: TransformerSpace, plan: SandwichPlan, c
 
 
 def json_arch(arch: Architecture) -> dict[str, Any]:
-    import json
-
     return json.loads(arch.to_json())
 
 
