@@ -67,8 +67,9 @@ class Zero(nn.Module):
         self.C_in, self.C_out, self.stride = C_in, C_out, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x if self.stride == 1 else x[:, :, :: self.stride, :: self.stride]
         if self.C_in == self.C_out:
-            return x.mul(0.0) if self.stride == 1 else x[:, :, :: self.stride, :: self.stride].mul(0.0)
+            return x.mul(0.0)  # keeps the graph (and NaN propagation) as the reference code does
         shape = list(x.shape)
         shape[1] = self.C_out
         return x.new_zeros(shape)
