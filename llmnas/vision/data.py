@@ -294,7 +294,7 @@ def _read_cache(entry: Path) -> ImageData | None:
     try:
         blob = torch.load(entry, weights_only=True)
         return ImageData(**{**blob, "mean": tuple(blob["mean"]), "std": tuple(blob["std"])})
-    except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError):  # absent or damaged: decode again
+    except Exception:  # noqa: BLE001 - absent or damaged (any unpickling error): decode again
         return None
 
 

@@ -1,0 +1,52 @@
+"""Fixtures for the vision tests: a handful of real CIFAR-10 images as an ImageFolder, a tarball of it."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import shared_data
+
+PER_CLASS = {"train": 6, "test": 2}
+CIFAR_TARBALL = "images/cifar10_jpg.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``train/<class>/`` (6 images per class) and ``test/<class>/`` (2) copied from the real CIFAR-10 tarball."""
+    source = shared_data(CIFAR_TARBALL)
+    root = tmp_path_factory.mktemp("tiny") / "cifar_tiny"
+    counts: dict[tuple[str, str], int] = {}
+    with tarfile.open(source) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if not member.isfile() or len(parts) != 3 or parts[0] not in PER_CLASS:
+                continue
+            key = (parts[0], parts[1])
+            if counts.get(key, 0) >= PER_CLASS[parts[0]]:
+                continue
+            counts[key] = counts.get(key, 0) + 1
+            target = root / member.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            blob = tar.extractfile(member)
+            assert blob is not None
+            target.write_bytes(blob.read())
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_tarball(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny folder as a tarball under one top folder (``cifar_tiny/train/...``)."""
+    out = tmp_path_factory.mktemp("tar") / "cifar_tiny.tar.gz"
+    with tarfile.open(out, "w:gz") as tar:
+        tar.add(tiny_folder, arcname="cifar_tiny")
+    return out
+
+
+@pytest.fixture(autouse=True)
+def image_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test decodes into its own cache (the real CIFAR test names the shared one itself)."""
+    monkeypatch.setenv("LLMNAS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
