@@ -50,3 +50,14 @@ def image_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test decodes into its own cache (the real CIFAR test names the shared one itself)."""
     monkeypatch.setenv("LLMNAS_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: two threads on a loaded 2-core machine are several times slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
