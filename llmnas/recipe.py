@@ -103,6 +103,14 @@ class SearchConfig:
     """With ``evaluator: supernet``: a trained supernet's folder (its latest checkpoint is used) or one
     ``checkpoint-<step>`` folder; a path given must exist. Default: the recipe's own supernet folder
     (``supernet.out``, else ``<run_dir>/<study>/supernet``), which must exist when the search starts."""
+    finetune_steps: int = 0
+    """With ``evaluator: supernet``: train each architecture this many optimizer steps from the weights it
+    inherits (a copy; the ``train`` section's batch and optimizer settings, a fresh AdamW, warm-up over a tenth
+    of the steps, cosine to a tenth of ``finetune_lr``) and score it on the whole validation split. ``0``
+    (default): score the inherited weights as they are, on ``train.eval_blocks`` windows. Costs the steps per
+    trial and ranks architectures closer to training from scratch (``eval/supernet``)."""
+    finetune_lr: float | None = None
+    """Peak learning rate of ``finetune_steps`` (default: ``train.lr``)."""
     objectives: tuple[str, ...] = ("val_loss",)
     """What is minimised: ``val_loss`` or ``bits_per_byte`` first (with ``evaluator: proxy``: the proxy's
     objective), then optionally ``params``, ``active_params``, ``non_embedding_params``, ``flops_per_token``,
@@ -470,10 +478,24 @@ def _check_evaluator(cfg: SearchConfig, source: str) -> None:
         return
     if cfg.evaluator == "supernet":
         _check_supernet(cfg.supernet, source)
+    _check_finetune(cfg, source)
     if objectives[0] not in QUALITY:
         raise RecipeError(
             f"{source}: search.objectives={objectives}: with search.evaluator: {cfg.evaluator} the first objective "
             f"must be val_loss or bits_per_byte (a proxy first needs search.evaluator: proxy)"
+        )
+
+
+def _check_finetune(cfg: SearchConfig, source: str) -> None:
+    steps, lr = cfg.finetune_steps, cfg.finetune_lr
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise RecipeError(f"{source}: search.finetune_steps={steps!r}: must be a non-negative integer (0: none)")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf):
+        raise RecipeError(f"{source}: search.finetune_lr={lr!r}: must be a positive number, or null for train.lr")
+    if (steps or lr is not None) and cfg.evaluator != "supernet":
+        raise RecipeError(
+            f"{source}: search.finetune_steps / finetune_lr: only read with search.evaluator: supernet (the evaluator "
+            f"is {cfg.evaluator!r})"
         )
 
 

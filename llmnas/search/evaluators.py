@@ -184,7 +184,8 @@ def supernet_location(recipe: Recipe) -> Path:
 
 class SupernetEvaluator:
     """Evaluates each architecture with the weights it inherits from a trained supernet, on the validation
-    windows a from-scratch trial's intermediate validations use (:func:`llmnas.supernet.evaluate_subnet`).
+    windows a from-scratch trial's intermediate validations use (:func:`llmnas.supernet.evaluate_subnet`), or
+    after ``search.finetune_steps`` of training from them (:func:`llmnas.supernet.finetune_subnet`).
 
     Raises:
         RecipeError: no supernet where the recipe says, or one that cannot be loaded (named with the key).
@@ -193,7 +194,7 @@ class SupernetEvaluator:
     kind = "supernet"
 
     def __init__(self, recipe: Recipe, data: TokenData, accelerator: Accelerator) -> None:
-        from llmnas.supernet import evaluate_subnet, load_supernet
+        from llmnas.supernet import evaluate_subnet, finetune_subnet, load_supernet
 
         self.recipe, self.data, self.accelerator = recipe, data, accelerator
         location = supernet_location(recipe)
@@ -208,13 +209,16 @@ class SupernetEvaluator:
         except LlmnasError as e:
             raise RecipeError(f"{recipe.source}: {key}: {e}") from None
         self.net, self.path, self.id = checkpoint.net, checkpoint.path, checkpoint.id
-        self._evaluate_subnet = evaluate_subnet
+        self._evaluate_subnet, self._finetune_subnet = evaluate_subnet, finetune_subnet
+        self.finetune = {"finetune_steps": recipe.search.finetune_steps} if recipe.search.finetune_steps else {}
+        if self.finetune:
+            self.finetune["finetune_lr"] = recipe.search.finetune_lr or recipe.train.lr
 
     def setup(self) -> dict[str, Any]:
-        return {"kind": self.kind, "supernet_id": self.id}
+        return {"kind": self.kind, "supernet_id": self.id, **self.finetune}
 
     def trial_attrs(self) -> dict[str, Any]:
-        return {"evaluator": self.kind, "supernet_path": str(self.path), "supernet_id": self.id}
+        return {"evaluator": self.kind, "supernet_path": str(self.path), "supernet_id": self.id, **self.finetune}
 
     def evaluate(self, trial: optuna.Trial, arch: Architecture) -> Evaluation:
         try:
@@ -232,6 +236,9 @@ class SupernetEvaluator:
         self._score(arch)
 
     def _score(self, arch: Architecture) -> Any:
+        if self.finetune:
+            return self._finetune_subnet(self.net, arch, self.data, self.recipe.train, self.accelerator,
+                                         self.finetune["finetune_steps"], self.finetune["finetune_lr"])
         return self._evaluate_subnet(self.net, arch, self.data, self.recipe.train, self.accelerator)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from llmnas.data import TokenData
 from llmnas.models.decoder import DecoderOutput
 from llmnas.space.arch import Architecture
-from llmnas.train.loop import TrainConfig, evaluate, validation_loaders
+from llmnas.train.loop import TrainConfig, evaluate, train, validation_loaders
 
 
 class SubnetView(nn.Module):
@@ -55,6 +55,9 @@ class SubnetScore:
     windows: int
     """Validation windows evaluated (``eval_blocks`` evenly spaced ones, or the whole split)."""
     eval_seconds: float
+    finetune_steps: int = 0
+    """Training steps from the inherited weights before scoring (:func:`finetune_subnet`)."""
+    finetune_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,3 +91,34 @@ def evaluate_subnet(
         windows=len(loader.dataset),
         eval_seconds=seconds,
     )
+
+
+def finetune_config(cfg: TrainConfig, steps: int, lr: float | None = None) -> TrainConfig:
+    """``cfg`` for ``steps`` of fine-tuning inherited weights: a fresh AdamW, linear warm-up over the first
+    tenth, cosine to a tenth of the peak ``lr`` (default ``cfg.lr``) over the ``steps``; only the final
+    validation (the whole split)."""
+    peak = cfg.lr if lr is None else lr
+    return cfg.replace(max_steps=steps, max_tokens=None, max_seconds=None, lr_decay_steps=None, eval_interval=None,
+                       lr=peak, min_lr=peak / 10, warmup_steps=max(1, steps // 10), log_interval=0)
+
+
+def finetune_subnet(
+    supernet: nn.Module,
+    arch: Architecture,
+    data: TokenData,
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+    steps: int,
+    lr: float | None = None,
+) -> SubnetScore:
+    """Validation loss of ``arch`` on the whole validation split after ``steps`` of training that start from
+    the weights it inherits (a copy: the supernet is unchanged), with :func:`finetune_config`'s schedule.
+    Costs ``steps`` training steps per architecture and ranks architectures more like training from scratch
+    does than inherited weights alone (``eval/supernet/run.py --stages finetune``)."""
+    supernet.check(arch)  # type: ignore[operator]
+    model = supernet.extract(arch)  # type: ignore[operator]
+    full, _ = validation_loaders(data, cfg, arch.max_seq_len)
+    _, result = train(arch, data, finetune_config(cfg, steps, lr), accelerator, model=model)
+    return SubnetScore(val_loss=result.val_loss, bits_per_byte=result.bits_per_byte,
+                       bits_per_char=result.bits_per_char, windows=len(full.dataset), eval_seconds=result.eval_seconds,
+                       finetune_steps=result.steps, finetune_seconds=result.train_seconds)

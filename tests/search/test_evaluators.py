@@ -175,6 +175,37 @@ def test_supernet_evaluator_scores_with_inherited_weights(tmp_path, monkeypatch,
     assert not (tmp_path / "runs" / "t" / "trials").exists()
 
 
+def test_supernet_evaluator_fine_tunes_a_copy_of_the_inherited_weights(tmp_path, monkeypatch) -> None:
+    from llmnas.supernet import evaluate_subnet, finetune_subnet, load_supernet
+    from llmnas.train import make_accelerator
+
+    monkeypatch.setenv("LLMNAS_CACHE", str(tmp_path / "llmnas-cache"))
+    raw = make_recipe(tmp_path, evaluator="supernet", n_trials=2, finetune_steps=3, finetune_lr=5e-4)
+    raw["supernet"] = {"train": {"max_steps": 2}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["supernet", "train", str(path)]) == 0
+    checkpoint = load_supernet(tmp_path / "runs" / "t" / "supernet")
+    before = {k: v.clone() for k, v in checkpoint.net.state_dict().items()}
+    assert main(["search", str(path)]) == 0
+    study = load_study(tmp_path / "runs" / "t")
+    setup = study.user_attrs["setup"]["evaluator"]
+    assert setup == {"kind": "supernet", "supernet_id": checkpoint.id, "finetune_steps": 3, "finetune_lr": 5e-4}
+    recipe = recipe_from_dict(raw)
+    data = prepare_data(recipe.data)
+    for t in study.trials:
+        a = t.user_attrs
+        assert t.state == TrialState.COMPLETE and a["finetune_steps"] == 3 and a["finetune_lr"] == 5e-4
+    first = study.trials[0]
+    acc = make_accelerator(recipe.train)
+    direct = finetune_subnet(checkpoint.net, trial_arch(first), data, recipe.train, acc, 3, 5e-4)
+    assert direct.finetune_steps == 3
+    assert first.values == [pytest.approx(direct.val_loss)]  # seeded: the same training, the same loss
+    as_is = evaluate_subnet(checkpoint.net, trial_arch(first), data, recipe.train, acc, whole_split=True).val_loss
+    assert direct.val_loss != pytest.approx(as_is)  # the three steps changed the weights that were scored
+    after = checkpoint.net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the supernet itself is untouched
+
 def test_evaluator_keys_are_checked_with_the_recipe(tmp_path) -> None:
     def error(**search) -> str:
         with pytest.raises(RecipeError) as e:
@@ -191,6 +222,9 @@ def test_evaluator_keys_are_checked_with_the_recipe(tmp_path) -> None:
     assert "search.supernet=" in error(evaluator="supernet", supernet=str(tmp_path / "nope"))
     assert "is a file" in error(evaluator="supernet", supernet=str(tmp_path / "space.yaml"))
     assert "the first objective must be val_loss or bits_per_byte" in error(objectives=["neg_synflow"])
+    assert "only read with search.evaluator: supernet" in error(finetune_steps=10)
+    assert "search.finetune_steps=-1: must be a non-negative integer" in error(evaluator="supernet", finetune_steps=-1)
+    assert "search.finetune_lr=-0.1: must be a positive number" in error(evaluator="supernet", finetune_lr=-0.1)
     ok = recipe_from_dict(make_recipe(tmp_path, evaluator="supernet", supernet=str(tmp_path)))
     assert ok.search.supernet == str(tmp_path)
     assert recipe_from_dict(make_recipe(tmp_path, **proxy_search())).search.directions == ["minimize"]
