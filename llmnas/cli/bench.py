@@ -69,6 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--out", type=Path, required=True, help="output folder")
     n.add_argument("--progress", action="store_true", help="show a progress bar")
     n.set_defaults(func=nb201)
+    from llmnas.vision.oneshot import cli as oneshot_cli
+
+    oneshot_cli.register(cmds, DEFAULT_DATA)
 
 
 def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,109 @@
+"""Settings of a one-shot search: the CPU protocol (the defaults) and NAS-Bench-201's own (:data:`GPU_PROTOCOL`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from llmnas.errors import RecipeError
+
+STRATEGIES = ("darts", "gdas", "enas", "spos")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OneShotConfig:
+    """How one search runs. The defaults are the reduced CPU protocol of ``eval/nb201_oneshot``."""
+
+    C: int = 8
+    """Channels of the first stage (NAS-Bench-201: 16)."""
+    N: int = 1
+    """Cells per stage (NAS-Bench-201: 5)."""
+    epochs: dict[str, int] | None = None
+    """Search epochs per strategy (``None``: :data:`CPU_EPOCHS`); one epoch passes over ``train_images``."""
+    train_images: int = 5_000
+    """Images of the 25,000-image training half the weights train on (``0``: all)."""
+    valid_images: int = 5_000
+    """Images of the 25,000-image validation half the architecture updates and rewards use (``0``: all)."""
+    batch_size: int = 64
+    lr: float = 0.025
+    min_lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-3
+    """Adam step of DARTS's and GDAS's architecture logits (NAS-Bench-201: 3e-4 over 50 epochs)."""
+    arch_weight_decay: float = 1e-3
+    tau_max: float = 10.0
+    """GDAS's Gumbel-softmax temperature, annealed linearly from ``tau_max`` to ``tau_min``."""
+    tau_min: float = 0.1
+    controller_every: int = 2
+    """ENAS: one controller update (a sampled cell's accuracy on one validation batch) every this many weight steps."""
+    controller_lr: float = 0.02
+    controller_entropy: float = 0.05
+    final_samples: int = 20
+    """ENAS: cells drawn from the trained controller; the best on the evaluation images is the found cell."""
+    search_trials: int = 100
+    """SPOS: evolution trials with inherited weights."""
+    population_size: int = 20
+    sample_size: int = 5
+    eval_images: int = 500
+    """Validation images a cell is scored on with inherited weights (ENAS's final pick, SPOS)."""
+    bn_batches: int = 2
+    """Training batches BatchNorm statistics are recalibrated on before a cell is scored."""
+    fidelity_cells: int = 100
+    """SPOS: random cells whose inherited-weight accuracy is ranked against the 200-epoch table."""
+    fidelity_seed: int = 2020
+    """Seed of those cells: fixed in advance, the same for every run."""
+    snapshots_per_epoch: int = 4
+    threads: int = 1
+    device: str = "cpu"
+    """Where the supernet trains (``cuda`` for the GPU protocol)."""
+
+    def __post_init__(self) -> None:
+        positive = ("C", "N", "batch_size", "controller_every", "final_samples", "search_trials", "eval_images",
+                    "bn_batches", "snapshots_per_epoch", "threads", "population_size", "sample_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise RecipeError(f"one-shot setting {name}={getattr(self, name)} must be at least 1")
+        for name in ("train_images", "valid_images", "fidelity_cells"):
+            if getattr(self, name) < 0:
+                raise RecipeError(f"one-shot setting {name}={getattr(self, name)} must be 0 or more")
+        if self.sample_size > self.population_size:
+            raise RecipeError(f"sample_size={self.sample_size} must not exceed population_size={self.population_size}")
+        if not 0 < self.tau_min <= self.tau_max:
+            raise RecipeError(f"tau_min={self.tau_min}, tau_max={self.tau_max}: need 0 < tau_min <= tau_max")
+        for name, n in (self.epochs or {}).items():
+            if name not in STRATEGIES or not isinstance(n, int) or n < 1:
+                raise RecipeError(f"epochs: {name}={n!r} (strategies {', '.join(STRATEGIES)}, at least 1 epoch)")
+
+    def epochs_of(self, strategy: str) -> int:
+        return {**CPU_EPOCHS, **(self.epochs or {})}[strategy]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["epochs"] = {s: self.epochs_of(s) for s in STRATEGIES}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<config>") -> OneShotConfig:
+        if not isinstance(data, dict):
+            raise RecipeError(f"{source}: one-shot settings must be a mapping, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in names:
+                raise RecipeError(f"{source}: unknown one-shot setting {key!r} (allowed: {', '.join(sorted(names))})")
+        try:
+            return replace(cls(), **data)
+        except TypeError as e:
+            raise RecipeError(f"{source}: {e}") from None
+
+
+#: Search epochs of the CPU protocol: a few minutes per search on one idle thread (DARTS runs all five ops
+#: on every edge, about 5x the cost of a single-path step, so it gets fewer epochs).
+CPU_EPOCHS = {"darts": 2, "gdas": 5, "enas": 5, "spos": 6}
+
+#: NAS-Bench-201's own search protocol (C = 16, N = 5, 50 epochs on the full halves, batch 64, arch lr 3e-4).
+GPU_PROTOCOL = {
+    "C": 16, "N": 5, "epochs": {s: 50 for s in STRATEGIES}, "train_images": 0, "valid_images": 0,
+    "batch_size": 64, "arch_lr": 3e-4, "eval_images": 5_000, "threads": 4, "device": "cuda",
+}
