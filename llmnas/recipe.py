@@ -246,6 +246,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
 
 def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
     """Validate a parsed recipe; every problem raises :class:`RecipeError` naming ``source`` and the dotted key."""
+    if isinstance(data.get("space"), str):
+        from llmnas.vision.recipe import is_vision_space, vision_recipe_from_dict
+
+        if is_vision_space(data["space"]):  # a cell space searched by training on images
+            return vision_recipe_from_dict(data, source)  # type: ignore[return-value]
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise RecipeError(f"{source}: unknown key {unknown[0]!r} (allowed: {', '.join(TOP_KEYS)})")

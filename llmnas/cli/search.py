@@ -69,7 +69,7 @@ def search(args: argparse.Namespace) -> int:
     recipe = _recipe(args)
     summary = run_search(recipe, n_trials=args.n_trials, timeout=args.timeout, workers=args.workers,
                          show_progress=not args.quiet)
-    if summary is not None and not args.quiet:
+    if summary is not None and not args.quiet and getattr(recipe, "kind", None) != "vision":
         command = ["llmnas", "train", args.recipe, *(x for o in args.overrides for x in ("--set", o))]
         if args.storage:
             command += ["--storage", args.storage]

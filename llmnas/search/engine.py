@@ -377,6 +377,11 @@ def run_search(
 
     Returns the summary on the main process of worker 0, else ``None``.
     """
+    if getattr(recipe, "kind", None) == "vision":  # an image cell space: llmnas.search.vision trains each cell
+        from llmnas.search.vision import run_vision_search
+
+        return run_vision_search(recipe, n_trials=n_trials, timeout=timeout, workers=workers,  # type: ignore[arg-type]
+                                 accelerator=accelerator, show_progress=show_progress, worker_index=worker_index)
     started = time.perf_counter()
     n_trials = n_trials or recipe.search.n_trials
     timeout = timeout if timeout is not None else recipe.search.timeout

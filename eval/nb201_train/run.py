@@ -1,0 +1,270 @@
+"""NAS-Bench-201 cells trained for real on CIFAR-10 (2 CPU cores): ranking fidelity, a 100-trial search,
+and the found cell against NAS-Bench-201's ResNet on Fashion-MNIST.
+
+The protocol is the recipe's (``recipes/nb201_cifar10.yaml``): C=8, N=1, 5,000 images of NAS-Bench-201's
+25,000-image training half, 2 epochs, batch 128, SGD-Nesterov 0.1 cosine, scored on 5,000 images of the
+validation half. Stages (each appends to ``<out>/*.jsonl`` and skips what is there, so a rerun resumes):
+
+1. ``tune``: the protocol's Spearman on 12 tuning cells (seed 777), disjoint from the reported ones.
+2. ``rank``: 30 cells chosen before anything is trained (the first 30 distinct cells of a seed-0
+   permutation of the official indices, isomorphic copies and the tuning cells skipped), each trained with
+   the recipe's per-trial budget; Spearman rho and Kendall tau of the validation accuracy against the
+   200-epoch CIFAR-10 test accuracy of the table (and, for reference, of the table's own 12-epoch accuracy).
+3. ``search``: ``llmnas search nb201_cifar10`` (regularized evolution, 100 trials); the picked cell is the
+   one with the lowest validation error (ties: the earliest trial); its 200-epoch table accuracies on
+   CIFAR-10, CIFAR-100 and ImageNet16-120.
+4. ``fmnist``: the picked cell and NAS-Bench-201's ResNet retrained from scratch on Fashion-MNIST with one
+   budget (the recipe's ``retrain`` section: 20,000 training images, 2 epochs), test accuracy on the 10,000
+   test images.
+5. ``report``: ``<out>/results.md`` and ``<out>/results.json``.
+
+    python eval/nb201_train/run.py --threads 1                         # everything
+    python eval/nb201_train/run.py --stages rank --threads 1           # one stage (rank and search may run at once)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from llmnas.benchmarks.nb201 import DATASETS, NB201Table, load_nb201  # noqa: E402
+from llmnas.errors import LlmnasError  # noqa: E402
+from llmnas.recipe import load_recipe  # noqa: E402
+from llmnas.space.nb201 import NB201Cell  # noqa: E402
+from llmnas.vision.data import load_images, nb201_split  # noqa: E402
+from llmnas.vision.recipe import VisionRecipe  # noqa: E402
+from llmnas.vision.train import RESNET, VisionTrainConfig, make_accelerator, stratified_subset, train_cell  # noqa: E402
+
+STAGES = ("tune", "rank", "search", "fmnist", "report")
+RECIPE = ROOT / "recipes" / "nb201_cifar10.yaml"
+TABLES = ROOT.parent / "shared" / "data" / "nasbench201"
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+TUNE_SEED, TUNE_CELLS = 777, 12
+RANK_SEED, RANK_CELLS = 0, 30
+PUBLISHED = [  # NAS-Bench-201 paper (Dong & Yang, ICLR 2020), Table 5, as quoted in ../shared/data/PROVENANCE.md
+    ("ResNet", "93.97 / 70.86 / 43.63"),
+    ("REA / REINFORCE (table-based, 12-epoch signal)", "93.92 / 71.84 / 45.54 ; 93.85 / 71.71 / 45.24"),
+    ("random search (table-based)", "93.70 ± 0.36 (CIFAR-10)"),
+    ("optimal cell in the table", "94.37 / 73.51 / 47.31"),
+]
+
+
+def pick_cells(table: NB201Table, n: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[int]:
+    """``n`` official indices in the order of a seeded permutation, one per isomorphism class, none excluded."""
+    seen = set(exclude)
+    out = []
+    for i in np.random.default_rng(seed).permutation(len(table)):
+        key = table.cell(int(i)).unique_str()
+        if key not in seen:
+            seen.add(key)
+            out.append(int(i))
+            if len(out) == n:
+                break
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def append(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def train_cells(indices: list[int], recipe: VisionRecipe, table: NB201Table, path: Path) -> list[dict]:
+    """Train each cell with the recipe's per-trial budget; one JSON line per cell, resumable."""
+    data = load_images(recipe.data.source)
+    train_idx, valid_idx = nb201_split(data, recipe.data.split_seed)
+    valid = stratified_subset(valid_idx, data.train_y[valid_idx], recipe.data.valid_images, recipe.data.valid_seed)
+    accelerator = make_accelerator(recipe.train)
+    done = {r["index"] for r in read_jsonl(path)}
+    for k, index in enumerate(indices):
+        if index in done:
+            continue
+        cell = table.cell(index)
+        t0 = time.perf_counter()
+        _, r = train_cell(cell, data, train_idx, {"valid": valid}, recipe.train, accelerator)
+        row = {"index": index, "cell": cell.to_str(), "val_acc": r.accuracy["valid"], "val_loss": r.loss["valid"],
+               "table_test200": {d: float(table.metric("test200", d)[index]) for d in DATASETS},
+               "table_val12_cifar10": float(table.metric("val12", "cifar10")[index]),
+               "params": r.params, "train_seconds": r.train_seconds, "seconds": time.perf_counter() - t0,
+               "images_per_second": r.images_per_second}
+        append(path, row)
+        print(f"[{k + 1}/{len(indices)}] {index}: val {r.accuracy['valid']:.2f} "
+              f"table {row['table_test200']['cifar10']:.2f} ({row['seconds']:.0f}s, {r.images_per_second:.0f} img/s)",
+              flush=True)
+    rows = {r["index"]: r for r in read_jsonl(path)}
+    return [rows[i] for i in indices]
+
+
+def correlations(rows: list[dict]) -> dict:
+    from scipy.stats import kendalltau, spearmanr
+
+    val = [r["val_acc"] for r in rows]
+    truth = [r["table_test200"]["cifar10"] for r in rows]
+    ref = [r["table_val12_cifar10"] for r in rows]
+    return {"n": len(rows), "spearman": float(spearmanr(val, truth).statistic),
+            "kendall": float(kendalltau(val, truth).statistic),
+            "spearman_table12": float(spearmanr(ref, truth).statistic),
+            "kendall_table12": float(kendalltau(ref, truth).statistic),
+            "seconds_mean": float(np.mean([r["seconds"] for r in rows])),
+            "images_per_second_mean": float(np.mean([r["images_per_second"] for r in rows]))}
+
+
+def stage_tune(recipe: VisionRecipe, table: NB201Table, out: Path) -> dict:
+    rows = train_cells(pick_cells(table, TUNE_CELLS, TUNE_SEED), recipe, table, out / "tune.jsonl")
+    return correlations(rows)
+
+
+def stage_rank(recipe: VisionRecipe, table: NB201Table, out: Path) -> dict:
+    tuning = {table.cell(i).unique_str() for i in pick_cells(table, TUNE_CELLS, TUNE_SEED)}
+    rows = train_cells(pick_cells(table, RANK_CELLS, RANK_SEED, tuning), recipe, table, out / "rank.jsonl")
+    return correlations(rows)
+
+
+def stage_search(recipe: VisionRecipe, table: NB201Table, out: Path) -> dict:
+    from llmnas.search import run_search
+
+    started = time.perf_counter()
+    summary = run_search(recipe, show_progress=True)
+    trials = []
+    for t in summary.study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        trials.append({"number": t.number, "state": t.state.name, "values": t.values, "cell": a.get("cell"),
+                       "val_acc": a.get("val_acc"), "reused_from": a.get("reused_from"),
+                       "ground_truth": a.get("ground_truth"), "train_seconds": a.get("train_seconds"),
+                       "images_per_second": a.get("images_per_second")})
+    done = [t for t in trials if t["state"] == "COMPLETE"]
+    best = min(done, key=lambda t: (t["values"][0], t["number"]))
+    trained = [t for t in done if t["reused_from"] is None]
+    truth = [t["ground_truth"]["cifar10_test200"] for t in trained]
+    record = {"trials": len(trials), "trained": len(trained), "picked": best,
+              "picked_table": {d: best["ground_truth"][f"{d}_test200"] for d in DATASETS},
+              "best_evaluated_table_cifar10": max(truth), "mean_evaluated_table_cifar10": float(np.mean(truth)),
+              "search_seconds": time.perf_counter() - started, "study_dir": str(summary.study_dir)}
+    (out / "search_trials.json").write_text(json.dumps(trials, indent=1) + "\n")
+    (out / "search.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def stage_fmnist(recipe: VisionRecipe, out: Path, cell: str | None) -> list[dict]:
+    if cell is None:
+        search = out / "search.json"
+        if not search.exists():
+            raise LlmnasError(f"{search}: run the search stage first, or give --cell")
+        cell = json.loads(search.read_text())["picked"]["cell"]
+    cell = NB201Cell.from_str(cell).to_str() if cell != RESNET else cell  # one clear error for a bad string
+    cfg: VisionTrainConfig = recipe.retrain or recipe.train
+    data = load_images(FASHION)
+    train_idx = torch.arange(len(data.train_y))
+    accelerator = make_accelerator(cfg)
+    path = out / "fmnist.jsonl"
+    rows = {r["network"]: r for r in read_jsonl(path)}
+    for network in (cell, RESNET):
+        if network in rows:
+            continue
+        _, r = train_cell(network, data, train_idx, {"test": (data.test_x, data.test_y)}, cfg, accelerator)
+        row = {"network": network, "test_acc": r.accuracy["test"], "params": r.params, "steps": r.steps,
+               "train_images": r.train_images, "train_seconds": r.train_seconds,
+               "images_per_second": r.images_per_second, "C": cfg.C, "N": cfg.N, "epochs": cfg.epochs}
+        append(path, row)
+        rows[network] = row
+        print(f"Fashion-MNIST {network}: test {r.accuracy['test']:.2f} % ({r.train_seconds:.0f}s)", flush=True)
+    return [rows[cell], rows[RESNET]]
+
+
+def report(out: Path, command: str) -> str:
+    rank = read_jsonl(out / "rank.jsonl")
+    tune = read_jsonl(out / "tune.jsonl")
+    search = json.loads((out / "search.json").read_text()) if (out / "search.json").exists() else None
+    fmnist = read_jsonl(out / "fmnist.jsonl")
+    lines = ["## NAS-Bench-201 cells trained on CIFAR-10 (2-core x86_64 container, CPU only, shared)", "",
+             f"Command: `{command}`", ""]
+    record: dict = {"machine": platform.platform(), "torch": torch.__version__}
+    lines += ["| cells | protocol | Spearman rho vs 200-epoch table | Kendall tau | (table's 12-epoch: rho / tau) "
+              "| s / cell | images/s |", "|---|---|---|---|---|---|---|"]
+    for name, rows in (("tuning (seed 777)", tune), ("reported (seed 0)", rank)):
+        if len(rows) >= 3:
+            c = correlations(rows)
+            record[name] = c
+            lines.append(f"| {c['n']} {name} | C=8, N=1, 5k images x 2 epochs | {c['spearman']:.3f} | "
+                         f"{c['kendall']:.3f} | {c['spearman_table12']:.3f} / {c['kendall_table12']:.3f} | "
+                         f"{c['seconds_mean']:.0f} | {c['images_per_second_mean']:.0f} |")
+    if search:
+        record["search"] = search
+        p = search["picked_table"]
+        lines += ["", "| search | trials (trained) | picked cell | CIFAR-10 | CIFAR-100 | ImageNet16-120 | "
+                  "best / mean evaluated (CIFAR-10) | wall |", "|---|---|---|---|---|---|---|---|",
+                  f"| evolution, val_error | {search['trials']} ({search['trained']}) | `{search['picked']['cell']}` | "
+                  f"{p['cifar10']:.2f} | {p['cifar100']:.2f} | {p['imagenet16-120']:.2f} | "
+                  f"{search['best_evaluated_table_cifar10']:.2f} / {search['mean_evaluated_table_cifar10']:.2f} | "
+                  f"{search['search_seconds'] / 60:.0f} min |"]
+        lines += ["", "Published (200-epoch table accuracy, CIFAR-10 / CIFAR-100 / ImageNet16-120):", ""]
+        lines += [f"- {name}: {value}" for name, value in PUBLISHED]
+    if fmnist:
+        record["fmnist"] = fmnist
+        lines += ["", "| Fashion-MNIST (same budget) | params | test accuracy % | train s |", "|---|---|---|---|"]
+        lines += [f"| {'NAS-Bench-201 ResNet' if r['network'] == RESNET else '`' + r['network'] + '`'} | "
+                  f"{r['params']:,} | {r['test_acc']:.2f} | {r['train_seconds']:.0f} |" for r in fmnist]
+    text = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stages", default="rank,search,fmnist,report")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=ROOT / "eval" / "nb201_train" / "results")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe override, e.g. search.n_trials=10 (changes what is reported)")
+    p.add_argument("--cell", help="the cell retrained on Fashion-MNIST (default: the search's pick)")
+    args = p.parse_args(argv)
+    try:
+        stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+        bad = [s for s in stages if s not in STAGES]
+        if bad:
+            raise LlmnasError(f"--stages: unknown stage {bad[0]!r} (allowed: {', '.join(STAGES)})")
+        if args.cell is not None and args.cell != RESNET:
+            try:
+                NB201Cell.from_str(args.cell)
+            except ValueError as e:
+                raise LlmnasError(f"--cell: {e}") from None
+        torch.set_num_threads(args.threads)
+        overrides = [f"run_dir={ROOT / 'runs' / 'eval_nb201_train'}", *args.overrides]
+        recipe = load_recipe(RECIPE, overrides)
+        assert isinstance(recipe, VisionRecipe)
+        table = load_nb201(TABLES)
+        args.out.mkdir(parents=True, exist_ok=True)
+        for stage in stages:
+            if stage == "tune":
+                print(json.dumps(stage_tune(recipe, table, args.out)))
+            elif stage == "rank":
+                print(json.dumps(stage_rank(recipe, table, args.out)))
+            elif stage == "search":
+                print(json.dumps(stage_search(recipe, table, args.out)["picked_table"]))
+            elif stage == "fmnist":
+                print(json.dumps(stage_fmnist(recipe, args.out, args.cell)))
+            else:
+                print(report(args.out, "python eval/nb201_train/run.py " + " ".join(argv or sys.argv[1:])))
+    except LlmnasError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
