@@ -77,3 +77,13 @@ def test_bad_input_is_one_clear_error_and_nothing_written(paths, tmp_path, capsy
     assert code != 0
     assert message in err and err.count("error") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_shipped_gpu_config_is_nas_bench_201s_protocol():
+    from pathlib import Path
+
+    from llmnas.vision.oneshot.cli import build_config
+
+    shipped = build_config("cpu", Path(__file__).resolve().parents[2] / "eval" / "nb201_oneshot" / "gpu.yaml", [])
+    assert shipped == build_config("gpu", None, [])
+    assert (shipped.C, shipped.N, shipped.epochs_of("darts"), shipped.train_images) == (16, 5, 50, 0)

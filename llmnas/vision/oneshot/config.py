@@ -105,5 +105,5 @@ CPU_EPOCHS = {"darts": 2, "gdas": 5, "enas": 5, "spos": 6}
 #: NAS-Bench-201's own search protocol (C = 16, N = 5, 50 epochs on the full halves, batch 64, arch lr 3e-4).
 GPU_PROTOCOL = {
     "C": 16, "N": 5, "epochs": {s: 50 for s in STRATEGIES}, "train_images": 0, "valid_images": 0,
-    "batch_size": 64, "arch_lr": 3e-4, "eval_images": 5_000, "threads": 4, "device": "cuda",
+    "batch_size": 64, "arch_lr": 3e-4, "eval_images": 5_000, "bn_batches": 4, "threads": 4, "device": "cuda",
 }

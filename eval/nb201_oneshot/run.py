@@ -1,0 +1,51 @@
+"""NAS-Bench-201 one-shot search on real CIFAR-10: DARTS, GDAS, ENAS and SPOS, found cells looked up in the table.
+
+Each stage is one ``llmnas bench nb201-oneshot`` invocation (results under ``eval/nb201_oneshot/results/``):
+
+- ``cpu`` -- the reported table: the CPU protocol (the command's defaults: C = 8, N = 1, 5,000 + 5,000 images
+  of NAS-Bench-201's halves, 2 / 5 / 5 / 6 epochs for DARTS / GDAS / ENAS / SPOS), seeds 0-2, two searches at a
+  time, one torch thread each: ``results/cpu/{results.md,runs.json,search.png}``.
+- ``tune`` -- the same on seed 100 (never reported), for choosing settings: ``results/tune/``.
+- ``gpu`` -- NAS-Bench-201's own protocol (C = 16, N = 5, 50 epochs on the full 25,000 + 25,000 images,
+  architecture Adam 3e-4) from ``gpu.yaml``; needs a CUDA device (not run here).
+
+    python eval/nb201_oneshot/run.py                    # stage cpu (about 1-1.5 hours on 2 shared cores)
+    python eval/nb201_oneshot/run.py --stages tune
+    python eval/nb201_oneshot/run.py --stages gpu       # on a machine with a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from llmnas.cli import main as llmnas
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+STAGES = {
+    "cpu": ["--seeds", "3", "--seed", "0", "--workers", "2", "--out", str(RESULTS / "cpu")],
+    "tune": ["--seeds", "1", "--seed", "100", "--workers", "2", "--out", str(RESULTS / "tune")],
+    "gpu": ["--seeds", "3", "--seed", "0", "--config", str(HERE / "gpu.yaml"), "--out", str(RESULTS / "gpu")],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", default="cpu", help=f"comma list of {', '.join(STAGES)} (default cpu)")
+    parser.add_argument("--strategies", default="darts,gdas,enas,spos")
+    parser.add_argument("--resume", action="store_true", help="keep finished runs with the same settings")
+    args = parser.parse_args(argv)
+    for stage in (s.strip() for s in args.stages.split(",") if s.strip()):
+        if stage not in STAGES:
+            parser.error(f"unknown stage {stage!r} (allowed: {', '.join(STAGES)})")
+        code = llmnas(["bench", "nb201-oneshot", "--strategies", args.strategies, *STAGES[stage],
+                       *(["--resume"] if args.resume else [])])
+        if code:
+            return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
