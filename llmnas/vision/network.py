@@ -24,6 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from llmnas.errors import ArchitectureError
 from llmnas.space.nb201 import EDGES, NB201Cell
 from llmnas.vision.ops import OPS, ResNetBasicBlock
 
@@ -110,9 +111,16 @@ class InferCell(nn.Module):
 def nb201_network(
     cell: NB201Cell | str, C: int = 16, N: int = 5, num_classes: int = 10, in_channels: int = 3
 ) -> CellNetwork:
-    """The NAS-Bench-201 network of ``cell`` (an :class:`NB201Cell` or its official string)."""
+    """The NAS-Bench-201 network of ``cell`` (an :class:`NB201Cell` or its official string).
+
+    Raises:
+        ArchitectureError: ``cell`` is a string that is not an NAS-Bench-201 cell (the message says why).
+    """
     if isinstance(cell, str):
-        cell = NB201Cell.from_str(cell)
+        try:
+            cell = NB201Cell.from_str(cell)
+        except ValueError as e:
+            raise ArchitectureError(str(e)) from None
     return CellNetwork(lambda width: InferCell(cell, width), C, N, num_classes, in_channels)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llmnas.errors import ArchitectureError
 from llmnas.space.nb201 import OPS as OP_NAMES
 from llmnas.space.nb201 import NB201Cell
 from llmnas.vision.network import CellNetwork, InferCell, nb201_network, param_count, resnet_network
@@ -87,7 +88,7 @@ def test_resnet_baseline_and_extra_cell_arguments() -> None:
 
 
 def test_a_string_that_is_not_a_cell_is_one_clear_error() -> None:
-    with pytest.raises(ValueError, match="unknown operation 'conv_5x5'"):
+    with pytest.raises(ArchitectureError, match="unknown operation 'conv_5x5'"):
         nb201_network("|conv_5x5~0|+|none~0|none~1|+|none~0|none~1|none~2|")
-    with pytest.raises(ValueError, match="expected 3"):
+    with pytest.raises(ArchitectureError, match="expected 3"):
         nb201_network("|nor_conv_3x3~0|")
