@@ -1,8 +1,8 @@
 """NAS-Bench-201 cells trained for real on CIFAR-10 (2 CPU cores): ranking fidelity, a 100-trial search,
 and the found cell against NAS-Bench-201's ResNet on Fashion-MNIST.
 
-The protocol is the recipe's (``recipes/nb201_cifar10.yaml``): C=8, N=1, 5,000 images of NAS-Bench-201's
-25,000-image training half, 2 epochs, batch 128, SGD-Nesterov 0.1 cosine, scored on 5,000 images of the
+The protocol is the recipe's (``recipes/nb201_cifar10.yaml``): C=8, N=1, 2,500 images of NAS-Bench-201's
+25,000-image training half, 2 epochs, batch 64, SGD-Nesterov 0.1 cosine, scored on 2,500 images of the
 validation half. Stages (each appends to ``<out>/*.jsonl`` and skips what is there, so a rerun resumes):
 
 1. ``tune``: the protocol's Spearman on 12 tuning cells (seed 777), disjoint from the reported ones.
@@ -199,7 +199,7 @@ def report(out: Path, command: str) -> str:
         if len(rows) >= 3:
             c = correlations(rows)
             record[name] = c
-            lines.append(f"| {c['n']} {name} | C=8, N=1, 5k images x 2 epochs | {c['spearman']:.3f} | "
+            lines.append(f"| {c['n']} {name} | C=8, N=1, 2.5k images x 2 epochs | {c['spearman']:.3f} | "
                          f"{c['kendall']:.3f} | {c['spearman_table12']:.3f} / {c['kendall_table12']:.3f} | "
                          f"{c['seconds_mean']:.0f} | {c['images_per_second_mean']:.0f} |")
     if search:
