@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmnas.data import DataConfig
 from llmnas.errors import DataError, LlmnasError, RecipeError
+from llmnas.hardware.objectives import HW_OBJECTIVES, HardwareConfig
 from llmnas.proxies import PROXIES, objective_name
 from llmnas.space import SPACES_DIR, read_yaml_mapping, resolve_space_path
 from llmnas.space.yaml_io import parse_value, yaml_type
@@ -50,13 +51,15 @@ OBJECTIVES = {
                                + (", negated" if proxy.direction == "maximize" else ""))
         for name, proxy in PROXIES.items()
     },
+    # prefill_ms, decode_tokens_per_s (maximised), peak_memory_mb, train_step_ms: the recipe's hardware section
+    **HW_OBJECTIVES,
 }
 QUALITY = ("val_loss", "bits_per_byte")
 EVALUATORS = ("scratch", "proxy", "supernet")
 PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband")
 CONSTRAINT_MODES = ("reject", "sampler")
 BUDGET_KEYS = {"max_steps", "max_tokens", "max_seconds"}
-TOP_KEYS = ("study", "description", "space", "data", "train", "search", "retrain", "supernet", "run_dir")
+TOP_KEYS = ("study", "description", "space", "data", "train", "search", "retrain", "supernet", "hardware", "run_dir")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,6 +172,10 @@ class Recipe:
     """Training used by ``llmnas train`` to retrain a chosen architecture (defaults to ``train``)."""
     supernet: SupernetConfig | None = None
     """How ``llmnas supernet train`` trains the weight-shared supernet of the space (``None``: no supernet)."""
+    hardware: HardwareConfig | None = None
+    """How hardware objectives and caps (``prefill_ms``, ``decode_tokens_per_s``, ``peak_memory_mb``, ...) are
+    measured or predicted (:mod:`llmnas.hardware.objectives`); ``None`` unless the recipe has a ``hardware``
+    section or names a hardware objective (then: measured on the CPU with default settings)."""
     supernet_train: TrainConfig | None = None
     """The supernet's training (``supernet.train``: its budget counts optimizer steps of the whole
     sandwich); keys not given there are the recipe's ``train`` keys, budget aside."""
@@ -271,6 +278,7 @@ def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
         retrain = _over_train(train, _mapping(data, "retrain", source), source, "retrain")
     search = _search(_mapping(data, "search", source, required=False), source)
     supernet, supernet_train = _supernet(data, train, source)
+    hardware = _hardware(data, search, source)
     return Recipe(
         study=data["study"],
         space=data["space"],
@@ -280,6 +288,7 @@ def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
         retrain=retrain,
         supernet=supernet,
         supernet_train=supernet_train,
+        hardware=hardware,
         description=str(data.get("description", "")),
         run_dir=str(data.get("run_dir", "runs")),
         source=source,
@@ -306,6 +315,13 @@ def _supernet(data: dict[str, Any], train: TrainConfig, source: str) -> tuple[An
         raise RecipeError(f"{source}: supernet.train: must be a mapping of keys, got {yaml_type(train_values)}")
     cfg = _dataclass(SupernetConfig, values, source, "supernet")
     return cfg, _over_train(train, train_values, source, "supernet.train")
+
+
+def _hardware(data: dict[str, Any], search: SearchConfig, source: str) -> HardwareConfig | None:
+    """The ``hardware`` section; without one, default settings when an objective needs it."""
+    if data.get("hardware") is None:
+        return HardwareConfig() if any(o in HW_OBJECTIVES for o in search.objectives) else None
+    return _dataclass(HardwareConfig, _mapping(data, "hardware", source), source, "hardware")
 
 
 def _check_study_name(study: str, source: str) -> None:

@@ -13,7 +13,7 @@ from llmnas.errors import LlmnasError
 
 # Each module defines ``register(subparsers)``; the parser it adds sets ``func`` to a function that
 # takes the parsed arguments and returns an exit status.
-COMMAND_MODULES = ("space", "export", "search", "supernet", "bench")
+COMMAND_MODULES = ("space", "export", "search", "supernet", "bench", "hw")
 
 
 def build_parser() -> argparse.ArgumentParser:

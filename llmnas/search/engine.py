@@ -31,6 +31,7 @@ import llmnas
 from llmnas import interrupt
 from llmnas.data import DataConfig, TokenData, prepare_data
 from llmnas.errors import DataError, LlmnasError, RecipeError
+from llmnas.hardware.objectives import HW_ATTRS, HardwareScorer, hardware_setup
 from llmnas.proxies import PROXIES
 from llmnas.recipe import Recipe
 from llmnas.search.checkpoints import best_trained, remove_outside, trial_dir, weights_mb
@@ -60,7 +61,7 @@ from llmnas.train import TrainingDiverged, make_accelerator
 from llmnas.train.ranks import TrainingFailed, describe
 
 #: What a trial measured (user attributes, also copied to a trial that reuses its result).
-REUSED_ATTRS = (*RESULT_ATTRS, *PROXIES, "proxy_seconds", "windows", "history")
+REUSED_ATTRS = (*RESULT_ATTRS, *PROXIES, "proxy_seconds", "windows", "history", *HW_ATTRS)
 #: The evaluator of a study whose set-up record predates evaluators: every trial was trained.
 SCRATCH_SETUP = {"kind": "scratch"}
 
@@ -141,6 +142,7 @@ def setup_record(recipe: Recipe, space: TransformerSpace, data: TokenData,
         "train": dataclasses.asdict(recipe.train),
         "objectives": list(recipe.search.objectives),
         "evaluator": evaluator or SCRATCH_SETUP,
+        **({"hardware": hardware_setup(recipe.hardware)} if recipe.hardware is not None else {}),
     }
 
 
@@ -179,7 +181,8 @@ def open_study(recipe: Recipe, space: TransformerSpace, data: TokenData, worker:
 def _check_setup(recipe: Recipe, space: TransformerSpace, data: TokenData, study: optuna.Study,
                  evaluator: dict[str, Any] | None) -> None:
     search = recipe.search
-    wanted = [optuna.study.StudyDirection.MINIMIZE] * len(search.directions)
+    wanted = [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
+              for d in search.directions]  # decode_tokens_per_s is maximised
     if study.directions != wanted:
         raise RecipeError(
             f"study {recipe.study!r} in {recipe.storage_url} has {len(study.directions)} objective(s); the recipe asks "
@@ -216,9 +219,12 @@ class Objective:
     """Scores the architecture a trial suggests with the recipe's evaluator and returns the objective values."""
 
     def __init__(self, recipe: Recipe, space: TransformerSpace, data: TokenData, accelerator: Accelerator,
-                 evaluator: Evaluator | None = None) -> None:
+                 evaluator: Evaluator | None = None, hardware: HardwareScorer | None = None) -> None:
         self.recipe, self.space, self.data, self.accelerator = recipe, space, data, accelerator
         self.evaluator = evaluator or make_evaluator(recipe, data, accelerator)
+        if hardware is None and recipe.hardware is not None:
+            hardware = HardwareScorer(recipe.hardware, space, recipe.source)
+        self.hardware = hardware  # prefill_ms, decode_tokens_per_s, ...: measured or predicted, and their caps
         self.proxies = ProxyScorer(recipe, data)  # proxies named as objectives beside the evaluator's values
         self.study_dir = recipe.study_dir
 
@@ -235,10 +241,28 @@ class Objective:
             if violations:
                 trial.set_user_attr("rejected", violations)
                 raise optuna.TrialPruned("rejected before training: " + "; ".join(violations))
+        if self.hardware is not None:
+            self.check_hardware(trial, arch)
         prior = self.previous(trial, arch.id)
         if prior is not None:
             return self.reuse(trial, prior)
         return self.score(trial, arch)
+
+    def check_hardware(self, trial: optuna.Trial, arch: Architecture) -> None:
+        """Record the architecture's hardware values, and apply the recipe's caps on them as the space's own
+        limits are applied (rejected before training, or Optuna constraints for the sampler)."""
+        assert self.hardware is not None
+        values = self.hardware.attrs(arch)
+        for key, value in values.items():
+            trial.set_user_attr(key, value)
+        if self.recipe.search.constraint_mode == "sampler":
+            for name, value in self.hardware.optuna_values(values).items():
+                trial.set_constraint(name, value)
+            return
+        violations = self.hardware.violations(values)
+        if violations:
+            trial.set_user_attr("rejected", violations)
+            raise optuna.TrialPruned("rejected before training: " + "; ".join(violations))
 
     def previous(self, trial: optuna.Trial, arch_id: str) -> FrozenTrial | None:
         """The first trial of this study whose outcome says something about the same architecture:
@@ -280,7 +304,8 @@ class Objective:
         measured = {**evaluation.measured, **self.proxies.scores(extra_proxies(objectives, evaluation.measured), arch)}
         for key, value in measured.items():
             trial.set_user_attr(key, value)
-        values = objective_values(objectives, {**arch_attrs(arch), **measured})
+        hardware = self.hardware.values(arch) if self.hardware is not None else {}  # recorded by check_hardware
+        values = objective_values(objectives, {**arch_attrs(arch), **measured, **hardware})
         if evaluation.model is not None:
             self.keep_weights(trial, evaluation.model, values[0])
         return values
@@ -395,6 +420,9 @@ def run_search(
     with accelerator.main_process_first():
         data = recipe_data(recipe)
     space = prepare_space(recipe, data)
+    hardware = HardwareScorer(recipe.hardware, space, recipe.source) if recipe.hardware is not None else None
+    if hardware is not None and accelerator.is_main_process:
+        hardware.check_feasible(space)  # a cap no architecture meets: one error before any trial
     evaluator = make_evaluator(recipe, data, accelerator)
     if not accelerator.is_main_process:
         follow(evaluator, accelerator)
@@ -406,7 +434,7 @@ def run_search(
         print_header(recipe, space, data, study, n_trials, workers, evaluator.trial_attrs())
     progress = Progress(study, n_trials, enabled=show_progress and main, objective=recipe.search.objectives[0])
     deadline = None if timeout is None else time.monotonic() + timeout
-    objective = Objective(recipe, space, data, accelerator, evaluator)
+    objective = Objective(recipe, space, data, accelerator, evaluator, hardware)
     pool = WorkerPool(recipe, n_trials, timeout, workers) if main and workers > 1 else None
 
     def watch(study: optuna.Study, trial: FrozenTrial) -> None:
