@@ -178,7 +178,8 @@ def stage_fmnist(recipe: VisionRecipe, out: Path, cell: str | None) -> list[dict
         _, r = train_cell(network, data, train_idx, {"test": (data.test_x, data.test_y)}, cfg, accelerator)
         row = {"network": network, "test_acc": r.accuracy["test"], "params": r.params, "steps": r.steps,
                "train_images": r.train_images, "train_seconds": r.train_seconds,
-               "images_per_second": r.images_per_second, "C": cfg.C, "N": cfg.N, "epochs": cfg.epochs}
+               "images_per_second": r.images_per_second, "C": cfg.C, "N": cfg.N, "epochs": cfg.epochs,
+               "batch_size": cfg.batch_size}
         append(path, row)
         rows[network] = row
         print(f"Fashion-MNIST {network}: test {r.accuracy['test']:.2f} % ({r.train_seconds:.0f}s)", flush=True)
