@@ -219,8 +219,13 @@ ROWS: dict[str, Row] = {
     "train-missing-tokenizer": Row(["train", "{tmp}/r.yaml", "--set", "data.tokenizer={tmp}/tok", "--trial", "best"],
                                    ["r.yaml: data: tokenizer path", "tok' does not exist"], BASE),
     "storage-unknown-scheme": Row(["search", "{tmp}/r.yaml", "--storage", "foo://bar"], ["foo://bar"], BASE),
-    "storage-postgres-no-driver": Row(["search", "{tmp}/r.yaml", "--storage", "postgresql://u@localhost/db"],
-                                      ["postgresql://u@localhost/db"], BASE, fresh=True),
+    "storage-postgres-no-driver": Row(["search", "{tmp}/r.yaml", "--storage", "postgresql+pg8000://u@localhost/db"],
+                                      ["postgresql+pg8000://u@localhost/db", "driver 'pg8000' is not installed"],
+                                      BASE, fresh=True),
+    "storage-journal-not-a-journal": Row(["search", "{tmp}/r.yaml", "--storage", "journal:///{tmp}/data.txt"],
+                                         ["data.txt is not a journal file"], BASE),
+    "storage-journal-no-path": Row(["search", "{tmp}/r.yaml", "--storage", "journal:study.log"],
+                                   ["journal:///PATH"], BASE),
     "storage-not-a-database": Row(["search", "{tmp}/r.yaml", "--storage", "sqlite:///{tmp}/data.txt"],
                                   ["data.txt"], BASE),
     "early-error-leaves-no-study-db": Row(["search", "{tmp}/r.yaml", "--set", "data.source={tmp}/missing.txt"],
@@ -258,7 +263,12 @@ def run_row(row: Row, tmp: Path, capsys: pytest.CaptureFixture[str]) -> tuple[in
 @pytest.mark.parametrize("name", list(ROWS))
 def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                    capsys: pytest.CaptureFixture[str]) -> None:
-    row = ROWS[name]
+    check_row(ROWS[name], tmp_path, monkeypatch, capsys)
+
+
+def check_row(row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run ``row`` and check its one-line error, exit code 2 and that nothing was written (also used by the
+    rows that need a database server, tests/search/test_postgres.py)."""
     if row.needs is not None:
         shared_data(row.needs)  # skips on a clone without the real data
     monkeypatch.chdir(tmp_path)  # anything written to a relative path shows up below

@@ -46,6 +46,7 @@ from llmnas.search.evaluators import (
 from llmnas.search.progress import Progress, print_header, write_summary
 from llmnas.search.storage import (
     StudyLock,
+    check_storage_reachable,
     check_storage_url,
     fail_lost_trials,
     make_storage,
@@ -68,6 +69,10 @@ SCRATCH_SETUP = {"kind": "scratch"}
 
 class ReusedFailure(LlmnasError):
     """The architecture failed before in this study; it is not trained again."""
+
+
+class SurplusTrial(LlmnasError):
+    """The trial was started beyond ``n_trials`` while a database restart had freed the study lock."""
 
 
 @dataclass
@@ -212,7 +217,7 @@ def _check_setup(recipe: Recipe, space: TransformerSpace, data: TokenData, study
 
 # ---------------------------------------------------------------------- the objective
 #: Failures that end one trial and let the study go on (anything else stops the search).
-TRIAL_FAILURES = (TrainingDiverged, ReusedFailure, TrainingFailed, torch.OutOfMemoryError)
+TRIAL_FAILURES = (TrainingDiverged, ReusedFailure, SurplusTrial, TrainingFailed, torch.OutOfMemoryError)
 
 
 class Objective:
@@ -227,6 +232,8 @@ class Objective:
         self.hardware = hardware  # prefill_ms, decode_tokens_per_s, ...: measured or predicted, and their caps
         self.proxies = ProxyScorer(recipe, data)  # proxies named as objectives beside the evaluator's values
         self.study_dir = recipe.study_dir
+        #: Called once the trial's architecture is recorded (:func:`run_trials` releases the study lock here).
+        self.suggested: Callable[[optuna.Trial], None] = lambda trial: None
 
     def __call__(self, trial: optuna.Trial) -> list[float] | float:
         arch = self.space.suggest(trial)
@@ -240,7 +247,9 @@ class Objective:
             violations = constraints.violations(arch)
             if violations:
                 trial.set_user_attr("rejected", violations)
+                self.suggested(trial)
                 raise optuna.TrialPruned("rejected before training: " + "; ".join(violations))
+        self.suggested(trial)
         if self.hardware is not None:
             self.check_hardware(trial, arch)
         prior = self.previous(trial, arch.id)
@@ -267,16 +276,34 @@ class Objective:
     def previous(self, trial: optuna.Trial, arch_id: str) -> FrozenTrial | None:
         """The first trial of this study whose outcome says something about the same architecture:
         completed, pruned, or diverged. A failure for any other reason (its worker was lost, it ran out of
-        memory next to another job, another process raised) says nothing about it: it is trained again."""
-        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        for t in trial.study.get_trials(deepcopy=False, states=states):
-            a = t.user_attrs
-            if t.number == trial.number or a.get("arch_id") != arch_id or "rejected" in a:
-                continue
-            if t.state == TrialState.FAIL and not a.get("diverged"):
-                continue
-            return t
-        return None
+        memory next to another job, another process raised) says nothing about it: it is trained again.
+
+        An earlier trial of the same architecture still running (another worker) is waited for, so that no
+        architecture is trained twice at once; a lost one is failed meanwhile (heartbeats, or its process
+        gone) and its architecture is then trained here.
+        """
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+        while True:
+            running = None
+            for t in trial.study.get_trials(deepcopy=False, states=states):
+                a = t.user_attrs
+                if t.number == trial.number or a.get("arch_id") != arch_id or "rejected" in a:
+                    continue
+                if t.state == TrialState.RUNNING:
+                    running = running or (t if t.number < trial.number else None)
+                    continue
+                if t.state == TrialState.FAIL and not a.get("diverged"):
+                    continue
+                return t
+            if running is None:
+                return None
+            if trial.user_attrs.get("waited_for") != running.number:
+                trial.set_user_attr("waited_for", running.number)
+            interrupt.check()
+            time.sleep(1.0)
+            with StudyLock(self.recipe.storage_url):
+                fail_lost_trials(trial.study)
+                optuna.storages.fail_stale_trials(trial.study)
 
     def reuse(self, trial: optuna.Trial, prior: FrozenTrial) -> list[float]:
         origin = prior.user_attrs.get("reused_from", prior.number)
@@ -351,14 +378,33 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], Any], st
     """Start trials until the study holds ``n_trials`` counted trials (none queued) or ``deadline`` passes.
 
     Every process sharing the study does the same, one trial at a time, and they take turns (the study
-    lock) from counting the trials to creating the next one, so that ``n_trials`` is exact. Before
+    lock) from counting the trials to recording the next one's architecture, so that ``n_trials`` is exact
+    and every sampler sees the architectures of all trials started before (none proposes a running one). Before
     counting, trials whose worker is gone are failed and queued again (their retry takes their place).
     """
     lock = StudyLock(storage_url)
 
+    def end_turn(trial: optuna.Trial) -> None:
+        """The trial exists, counts and holds its architecture, which the next process's sampler then sees:
+        the next process may start its own."""
+        if lock.release():
+            return
+        # A restart of the database server freed the lock during this turn: another process may have counted
+        # the trials without this one. This one gives way if the others make n_trials without it.
+        with lock:
+            if len([t for t in counted(study) if t.number != trial.number]) >= n_trials:
+                reason = "started beyond n_trials while a database restart had freed the study lock"
+                trial.set_user_attr("surplus", True)
+                trial.set_user_attr("fail_reason", reason)
+                raise SurplusTrial(reason)
+
+    if isinstance(objective, Objective):
+        objective.suggested = end_turn
+
     def start(trial: optuna.Trial) -> Any:
         trial.set_user_attr("worker", worker_id())
-        lock.release()  # the trial exists and counts: the next process may start its own
+        if not isinstance(objective, Objective):
+            end_turn(trial)
         return objective(trial)
 
     while deadline is None or time.monotonic() < deadline:
@@ -374,6 +420,11 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], Any], st
             except KeyboardInterrupt:
                 requeue_interrupted(study)
                 raise
+            except optuna.exceptions.UpdateFinishedTrialError as e:
+                # Another worker failed this live trial as lost (its heartbeats were late by more than the grace
+                # period) and queued it again: the retry stands in for it.
+                print(f"llmnas: {e}; it was failed as lost while it ran here (its heartbeats were late: raise "
+                      "search.grace_seconds); its retry stands in for it", file=sys.stderr)
 
 
 def requeue_interrupted(study: optuna.Study) -> None:
@@ -414,6 +465,7 @@ def run_search(
     if timeout is not None and not 0 < timeout < float("inf"):
         raise RecipeError(f"timeout={timeout!r}: must be a positive number of seconds")
     check_storage_url(recipe.storage_url)  # before the data is read: a wrong URL fails at once
+    check_storage_reachable(recipe.storage_url)
     accelerator = accelerator or make_accelerator(recipe.train)
     if workers > 1 and accelerator.num_processes > 1:
         raise RecipeError("use either --workers K or accelerate launch with several processes, not both")

@@ -80,10 +80,12 @@ def load_study(location: str | Path, study_name: str | None = None) -> optuna.St
 
 def counted(study: optuna.Study) -> list[FrozenTrial]:
     """The trials that count toward ``n_trials``: all but the failed ones that were queued again (a trial
-    lost with its worker is retried; its retry counts instead)."""
+    lost with its worker is retried; its retry counts instead) and those started beyond ``n_trials`` while
+    a database restart had freed the study lock (``surplus``, see :func:`llmnas.search.engine.run_trials`)."""
     trials = study.get_trials(deepcopy=False)
     retried = retried_numbers(trials)
-    return [t for t in trials if not (t.state == TrialState.FAIL and t.number in retried)]
+    return [t for t in trials
+            if not (t.state == TrialState.FAIL and t.number in retried) and "surplus" not in t.user_attrs]
 
 
 def finished(study: optuna.Study) -> list[FrozenTrial]:
