@@ -185,9 +185,9 @@ class HardwareScorer:
     def check_feasible(self, space: Any) -> None:
         """Refuse caps no architecture of ``space`` can meet, before any trial.
 
-        Predicted: the best value the predictor gives any architecture of the space, found exactly (a
-        prediction is a fixed part plus one term per layer: :func:`best_case`), with the space's own parameter
-        limits left out, so a cap beyond it is impossible. Measured: the architecture of the space with the
+        Predicted: the best value the predictor gives any architecture of the space (:func:`best_case`: exact, or
+        a lower bound for the prefill), with the space's own parameter limits left out, so a cap beyond it is
+        impossible by the predictor. Measured: the architecture of the space with the
         fewest FLOPs per token is measured; a cap it misses is refused, since no architecture is expected
         to run faster (a predictor gives the exact answer).
 
@@ -218,21 +218,34 @@ class HardwareScorer:
 
 def best_case(predictor: LatencyPredictor, space: Any) -> dict[str, float]:
     """The lowest prefill and decode-step latency, memory and training step the predictor gives any architecture
-    of ``space`` (limits on parameters ignored), and the highest decode throughput.
+    of ``space`` (limits on parameters ignored), and the highest decode throughput; exact, except for the prefill,
+    for which it is a lower bound (see below). No architecture of the space is predicted to do better.
 
-    A prediction is ``c · features`` with every feature a sum over layers plus a global part, so within a group
-    of architectures sharing their global decisions it is ``base + sum of (attention term + FFN term)`` per
-    layer; the minimum is ``base + n * (min attention term + min FFN term)`` at the best depth ``n``.
+    A prediction is ``c · features``, and every feature but the prefill's mask counts
+    (:data:`~llmnas.hardware.predictor.MASK_FEATURES`) is a sum over layers plus a global part. Within a group of
+    architectures sharing their global decisions the rest is ``base + sum of (attention term + FFN term)`` per
+    layer, whose minimum is ``base + n * (min attention term + min FFN term)`` at the best depth ``n``. The mask
+    features lie between 0 and their value with every layer's mask distinct, so their share is bounded below by
+    ``min(0, c) * that value``.
     """
+    from llmnas.hardware.predictor import MASK_FEATURES, TARGETS, features
     from llmnas.space.feasibility import groups
 
     best: dict[str, float] = {}
+    s = predictor.settings
     for g in groups(space):
         a0, f0 = g.attn[0], g.ffn[0]
+        worst_heads = max(a.n_heads for a in g.attn) if g.top["pos"] == "alibi" else 1
 
         def p(blocks: list[BlockSpec], g: Any = g) -> dict[str, float]:
             arch = g.arch(blocks)
-            return {t: predictor.predict_target(arch, t) for t in predictor.coef}
+            out = {}
+            for t in predictor.coef:
+                x = features(arch, s, t, predictor.table)
+                names = TARGETS[t][1]
+                x[[i for i, n in enumerate(names) if n in MASK_FEATURES]] = 0.0
+                out[t] = float(x @ np.array(predictor.coef[t]))
+            return out
 
         one, two = p([BlockSpec(a0, f0)]), p([BlockSpec(a0, f0)] * 2)
         attn = [p([BlockSpec(a, f0)]) for a in g.attn]
@@ -242,8 +255,11 @@ def best_case(predictor: LatencyPredictor, space: Any) -> dict[str, float]:
             a_terms = np.array([x[t] - base for x in attn])
             f_terms = np.array([x[t] - one[t] for x in ffn])  # relative to f0
             per_layer = a_terms.min() + f_terms.min()
-            value = min(base + n * per_layer for n in g.depths)
-            best[t] = min(best.get(t, math.inf), value)
+            coef = dict(zip(TARGETS[t][1], predictor.coef[t], strict=True))
+            for n in g.depths:
+                most = {"masks": float(n), "mask_melems": n * worst_heads * s.prompt_len**2 / 1e6}
+                bound = sum(min(0.0, coef[k]) * most[k] for k in MASK_FEATURES if k in coef)
+                best[t] = min(best.get(t, math.inf), base + n * per_layer + bound)
     if "decode_ms_per_step" in best:
         best["decode_tokens_per_s"] = 1e3 * predictor.settings.batch_size / max(best["decode_ms_per_step"], 1e-9)
     return best

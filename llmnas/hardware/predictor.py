@@ -9,7 +9,9 @@ measured training architectures (a small ridge keeps them stable), so a fast mod
 much as a slow one's.
 
 Every feature is a sum over the layers plus a part fixed by the global decisions, so a prediction is too:
-the fastest architecture a space allows can be found exactly (:func:`llmnas.hardware.objectives.best_case`).
+the fastest architecture a space allows can be found exactly (:func:`llmnas.hardware.objectives.best_case`),
+except for the prefill's attention masks, built once per distinct mask of a forward pass (two features count
+them; the best case bounds their share).
 
 A predictor file (JSON) holds the table, the coefficients, the settings, the device description and the
 space it was fitted for, and the error it made on held-out architectures. :func:`load_predictor` refuses it
@@ -35,12 +37,15 @@ from llmnas.space.arch import Architecture
 FORMAT = "llmnas.hw-predictor/1"
 #: Targets the predictor fits, with the table it reads (``None``: counts alone) and its features.
 TARGETS: dict[str, tuple[str | None, tuple[str, ...]]] = {
-    "prefill_ms": ("prefill", ("one", "lut", "layers", "gflops", "mparams_active")),
+    "prefill_ms": ("prefill", ("one", "lut", "layers", "gflops", "mparams_active", "masks", "mask_melems")),
     "decode_ms_per_step": ("decode", ("one", "lut", "layers", "mflops", "mparams_active", "kv_mb")),
     "peak_memory_mb": (None, ("one", "params_mb", "kv_mb", "layers", "width_mb")),
     "train_step_ms": (None, ("one", "train_gflops", "mparams", "layers")),
 }
 RIDGE = 1e-4
+#: Features that are not a sum over layers: the attention masks a forward pass builds once for each distinct
+#: (window, ALiBi heads) among its layers (the table times a part with its mask already built).
+MASK_FEATURES = ("masks", "mask_melems")
 
 
 def space_identity(space: Any) -> dict[str, Any]:
@@ -60,7 +65,11 @@ def features(arch: Architecture, settings: Settings, target: str, table: dict[st
     mid = s.prompt_len + s.new_tokens // 2
     bytes_per = 2 if s.dtype in ("bfloat16", "float16") else 4
     t_train = s.train_seq_len or arch.max_seq_len
+    masks = {(b.attn.window, b.attn.n_heads if arch.pos == "alibi" else 0) for b in arch.blocks}
+    masks.discard((None, 0))  # plain causal attention needs no mask
     values = {
+        "masks": float(len(masks)),
+        "mask_melems": sum(max(h, 1) for _, h in masks) * s.prompt_len**2 / 1e6,
         "one": 1.0,
         "lut": lut_sum(arch, table, mode) if mode else 0.0,
         "layers": float(arch.n_layers),

@@ -23,7 +23,7 @@ import numpy as np
 
 from llmnas.hardware.device import HardwareError, describe_device, resolve_device
 from llmnas.hardware.lut import measure_parts, space_parts
-from llmnas.hardware.measure import Measurement, Settings, measure_many
+from llmnas.hardware.measure import Settings, measure_many
 from llmnas.hardware.predictor import LatencyPredictor, error_stats, space_identity
 from llmnas.space.arch import Architecture
 
@@ -115,22 +115,34 @@ def profile_space(
     log(f"measuring {n} architectures ({settings.repeats} interleaved repeats each)")
     ms = measure_many(archs, dev, settings, seed=seed,
                       progress=lambda i, k: log(f"  measured {i}/{k} ({time.perf_counter() - started:.0f} s)"))
-    fit_idx, test_idx = split(n, holdout, seed)
+    fit_idx, _ = split(n, holdout, seed)
     with open(out / "measurements.jsonl", "w") as f:
         for i, (arch, m) in enumerate(zip(archs, ms, strict=True)):
             row = {"arch": arch.to_dict(), "split": "fit" if i in fit_idx else "holdout", **m.to_dict()}
             f.write(json.dumps(row, sort_keys=True) + "\n")
-    values = [m.values() for m in ms]
     description = describe_device(dev, settings.threads, settings.dtype)
+    return fit_and_report(out, space_identity(space), description, settings, table, seed,
+                          seconds=time.perf_counter() - started)
+
+
+def fit_and_report(out: Path, space_id: dict[str, Any], description: dict[str, Any], settings: Settings,
+                   table: dict[str, dict[str, float]], seed: int, seconds: float | None = None) -> LatencyPredictor:
+    """Fit the predictor on the ``fit`` rows of ``out/measurements.jsonl``, score it on the ``holdout`` rows and
+    write ``predictor.json`` and the report (also used to refit measurements taken before)."""
+    rows = [json.loads(line) for line in (out / "measurements.jsonl").read_text().splitlines()]
+    archs = [Architecture.from_dict(r["arch"]) for r in rows]
+    values = [measured_values(r) for r in rows]
+    fit_idx = [i for i, r in enumerate(rows) if r["split"] == "fit"]
+    test_idx = [i for i, r in enumerate(rows) if r["split"] == "holdout"]
     predictor = LatencyPredictor.fit([archs[i] for i in fit_idx], [values[i] for i in fit_idx], table, settings,
-                                     description, space_identity(space))
+                                     description, space_id)
     predictor.report = {
         "n_fit": len(fit_idx),
         "n_holdout": len(test_idx),
         "seed": seed,
         "holdout": evaluate(predictor, [archs[i] for i in test_idx], [values[i] for i in test_idx]),
-        "repeat_spread": repeat_spread(ms),
-        "seconds": round(time.perf_counter() - started, 1),
+        "repeat_spread": repeat_spread(rows),
+        **({"seconds": round(seconds, 1)} if seconds is not None else {}),
     }
     predictor.save(out / "predictor.json")
     (out / "report.json").write_text(json.dumps(predictor.report, indent=2) + "\n")
@@ -138,11 +150,32 @@ def profile_space(
     return predictor
 
 
-def repeat_spread(ms: list[Measurement]) -> dict[str, float]:
+def refit(out: str | Path) -> LatencyPredictor:
+    """Fit again the predictor of a profile folder from its measurements and table (after a change of features)."""
+    out = Path(out)
+    old = json.loads((out / "predictor.json").read_text())  # read raw: its coefficients may be another version's
+    report = old.get("report", {})
+    return fit_and_report(out, old["space"], old["device"], Settings.from_dict(old["settings"]), old["table"],
+                          report.get("seed", 0), report.get("seconds"))
+
+
+def measured_values(row: dict[str, Any]) -> dict[str, float]:
+    """The figures of a ``measurements.jsonl`` row as :meth:`Measurement.values` gives them."""
+    out = {}
+    for key in ("prefill_ms", "decode_tokens_per_s", "decode_ms_per_step", "train_step_ms"):
+        if row.get(key):
+            out[key] = row[key]["median"]
+    for key in ("peak_memory_mb", "train_peak_memory_mb"):
+        if row.get(key) is not None:
+            out[key] = row[key]
+    return out
+
+
+def repeat_spread(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Median over architectures of each figure's interquartile range relative to its median."""
     out = {}
     for key in ("prefill_ms", "decode_tokens_per_s", "train_step_ms"):
-        spreads = [getattr(m, key).spread for m in ms if getattr(m, key) is not None]
+        spreads = [r[key]["spread"] for r in rows if r.get(key)]
         if spreads:
             out[key] = float(np.median(spreads))
     return out

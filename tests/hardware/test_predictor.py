@@ -19,13 +19,13 @@ from llmnas.space.feasibility import groups
 def test_profile_writes_predictor_measurements_and_held_out_error(micro_predictor: LatencyPredictor) -> None:
     folder = Path(micro_predictor.path).parent
     rows = [json.loads(line) for line in (folder / "measurements.jsonl").read_text().splitlines()]
-    assert len(rows) == 16 and sum(r["split"] == "holdout" for r in rows) == 8
+    assert len(rows) == 20 and sum(r["split"] == "holdout" for r in rows) == 10
     assert all(r["settings"]["repeats"] == 3 and r["device"]["kind"] == "cpu" for r in rows)
     report = micro_predictor.report
-    assert report["n_fit"] == 8 and report["n_holdout"] == 8
+    assert report["n_fit"] == 10 and report["n_holdout"] == 10
     for target in ("prefill_ms", "decode_tokens_per_s", "peak_memory_mb"):
         err = report["holdout"][target]["predictor"]
-        assert err["n"] == 8 and 0 <= err["within_10pct"] <= 1 and -1 <= err["spearman"] <= 1
+        assert err["n"] == 10 and 0 <= err["within_10pct"] <= 1 and -1 <= err["spearman"] <= 1
     assert "within ±10 %" in (folder / "report.md").read_text()
 
 
@@ -76,9 +76,9 @@ def test_predictor_refused_for_another_space(micro_predictor: LatencyPredictor) 
         micro_predictor.predict(load_space("tiny").sample(0))
 
 
-def test_best_case_is_the_exact_minimum_over_the_space(micro_predictor: LatencyPredictor,
-                                                       micro_space_file: Path) -> None:
-    """Every architecture of the micro space enumerated: the additive shortcut finds the same optimum."""
+def test_best_case_is_the_minimum_over_the_space(micro_predictor: LatencyPredictor, micro_space_file: Path) -> None:
+    """Every architecture of the micro space enumerated: the additive shortcut finds the same optimum (a bound
+    below it for the prefill, whose mask features are not sums over layers)."""
     space = load_space(micro_space_file)
     best = best_case(micro_predictor, space)
     found: dict[str, float] = {}
@@ -89,5 +89,6 @@ def test_best_case_is_the_exact_minimum_over_the_space(micro_predictor: LatencyP
                 values = micro_predictor.predict(g.arch(list(blocks)))
                 for k, v in values.items():
                     found[k] = max(found.get(k, v), v) if k == "decode_tokens_per_s" else min(found.get(k, v), v)
-    for key in ("prefill_ms", "decode_ms_per_step", "peak_memory_mb", "decode_tokens_per_s"):
+    for key in ("decode_ms_per_step", "peak_memory_mb", "decode_tokens_per_s", "train_step_ms"):
         assert best[key] == pytest.approx(found[key], rel=1e-9)
+    assert best["prefill_ms"] <= found["prefill_ms"] + 1e-12
