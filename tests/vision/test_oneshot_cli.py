@@ -33,7 +33,8 @@ def test_cli_writes_table_json_and_png(paths, tmp_path, capsys):
     md = (out / "results.md").read_text()
     for row in ("DARTS (first order)** (this run)", "GDAS** (this run)", "ENAS** (this run)",
                 "SPOS + evolution** (this run)", "DARTS-V1 (first order) (published) | | 54.30 ± 0.00",
-                "GDAS (published) | | 93.61 ± 0.09 | 70.70 ± 0.30 | 41.71 ± 0.98", "DrNAS", "Kendall τ"):
+                "GDAS (published) | | 93.61 ± 0.09 | 70.70 ± 0.30 | 41.71 ± 0.98", "DrNAS", "Kendall τ",
+                "Architecture weights at the end of the search"):
         assert row in md, row
     data = json.loads((out / "runs.json").read_text())
     table = load_nb201(paths[1])

@@ -202,6 +202,25 @@ def fidelity_table(fid: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
+def weights_table(runs: list[dict[str, Any]]) -> str:
+    """DARTS's and GDAS's final op weights (softmax), mean over edges and seeds, and how far they moved."""
+    from llmnas.space.nb201 import OPS
+
+    rows = []
+    for s in ("darts", "gdas"):
+        ws = [np.asarray(r["extra"]["final_weights"]) for r in runs if r["strategy"] == s]
+        if not ws:
+            continue
+        w = np.stack(ws)  # (seeds, 6, 5)
+        spread = float(np.mean(w.max(-1) - w.min(-1)))
+        rows.append(f"| {TITLES[s]} | " + " | ".join(f"{v:.3f}" for v in w.mean((0, 1)))
+                    + f" | {spread:.3f} |")
+    if not rows:
+        return ""
+    head = "| strategy | " + " | ".join(OPS) + " | largest − smallest weight on an edge (mean) |"
+    return "\n".join([head, "|" + "---|" * (len(OPS) + 2), *rows])
+
+
 def write_outputs(runs: list[dict[str, Any]], table: NB201Table, strategies: Sequence[str], cfg: OneShotConfig,
                   out: Path, extra: dict[str, Any]) -> tuple[str, dict[str, Path]]:
     """Write ``results.md``, ``runs.json`` (with the summary) and ``search.png`` into ``out``."""
@@ -216,6 +235,8 @@ def write_outputs(runs: list[dict[str, Any]], table: NB201Table, strategies: Seq
         summary_table(runs, table, strategies),
         "## Found cells",
         cells_table(runs),
+        *(["## Architecture weights at the end of the search (softmax; mean over edges and seeds; uniform = 0.200)",
+            weights_table(runs)] if weights_table(runs) else []),
         *(["## Inherited-weight ranking fidelity (SPOS supernet, BN recalibrated per cell)",
            f"{c['fidelity_cells']} random cells fixed by seed {c['fidelity_seed']}, scored on {c['eval_images']} "
            f"validation images after recalibrating BatchNorm on {c['bn_batches']} training batches, against "
