@@ -22,27 +22,25 @@ from tests.search.test_postgres import (  # noqa: F401 - _kill_leftovers: the au
 )
 
 
-def test_four_workers_on_a_journal_file_make_exactly_n_distinct_trials(tmp_path) -> None:
-    recipe = write_recipe(tmp_path, n_trials=16, sampler="evolution", **PROXY)
+def test_three_workers_on_a_journal_file_make_exactly_n_distinct_trials(tmp_path) -> None:
+    recipe = write_recipe(tmp_path, n_trials=12, sampler="evolution", **PROXY)
     journal = f"journal:///{tmp_path / 'shared' / 'study.log'}"
-    finish([start_search(recipe, journal), start_search(recipe, journal), start_search(recipe, journal, "--workers",
-                                                                                       "2")])
-    study = check_study(journal, 16, {}, [])
-    assert len({t.user_attrs["arch_id"] for t in study.trials}) == 16
+    finish([start_search(recipe, journal), start_search(recipe, journal, "--workers", "2")])
+    study = check_study(journal, 12, {}, [])
+    assert len({t.user_attrs["arch_id"] for t in study.trials}) == 12
     assert len({t.user_attrs["worker"] for t in study.trials}) >= 2
 
 
 def test_a_worker_killed_on_another_machine_is_failed_by_its_heartbeats_and_retried(tmp_path) -> None:
-    recipe = write_recipe(tmp_path, n_trials=4, seconds=1.0, heartbeat_seconds=1, grace_seconds=3)
+    recipe = write_recipe(tmp_path, n_trials=3, seconds=1.0, heartbeat_seconds=1, grace_seconds=3)
     journal = f"journal:///{tmp_path / 'shared' / 'study.log'}"
     here, there = start_search(recipe, journal), start_search(recipe, journal, host="machine-b0")
     trial = running_of(journal, there)
     assert HEARTBEAT_ATTR in [t for t in trials_of(journal) if t.number == trial.number][0].system_attrs
     completed = {t.number: t.values for t in trials_of(journal) if t.state == TrialState.COMPLETE}
-    kill(there)
-    there = start_search(recipe, journal, host="machine-b1")  # a new machine takes its place
-    finish([here, there])
-    study = check_study(journal, 4, completed, [trial.number])
+    kill(there)  # the worker here fails its trial once its heartbeats are 3 s old, and retries it
+    finish([here])
+    study = check_study(journal, 3, completed, [trial.number])
     assert fail_reason(study, study.trials[trial.number]) == STALE_REASON
 
 

@@ -150,12 +150,12 @@ def test_eight_workers_on_one_postgres_study_make_exactly_n_distinct_trials(tmp_
     """Six separate searches (as on six machines) and one with --workers 2: eight worker processes. The
     evolution sampler never proposes an architecture already asked, which holds only if every worker's
     sampler sees the architectures the others have just started."""
-    recipe = write_recipe(tmp_path, n_trials=40, sampler="evolution", **PROXY)
+    recipe = write_recipe(tmp_path, n_trials=24, sampler="evolution", **PROXY)
     procs = [start_search(recipe, pg_url) for _ in range(6)]
     procs.append(start_search(recipe, pg_url, "--workers", "2"))
     finish(procs)
-    study = check_study(pg_url, 40, {}, [])
-    assert len({t.user_attrs["arch_id"] for t in study.trials}) == 40
+    study = check_study(pg_url, 24, {}, [])
+    assert len({t.user_attrs["arch_id"] for t in study.trials}) == 24
     assert not any("reused_from" in t.user_attrs for t in study.trials)
     assert len({t.user_attrs["worker"] for t in study.trials}) >= 3  # they shared the work
 
@@ -196,7 +196,7 @@ def test_killed_workers_here_and_on_another_machine_are_failed_and_retried(tmp_p
     """Two SIGKILL cycles: a worker on another machine" (only its silence tells: a heartbeat every
     second, three seconds of grace) and one on this host (its pid tells at once, if its heartbeats have not told
     already), each replaced at once (the other machine by a new one)."""
-    recipe = write_recipe(tmp_path, n_trials=5, seconds=1.0, heartbeat_seconds=1, grace_seconds=3)
+    recipe = write_recipe(tmp_path, n_trials=4, seconds=1.0, heartbeat_seconds=1, grace_seconds=3)
     here, there = start_search(recipe, pg_url), start_search(recipe, pg_url, host="machine-b0")
     completed, killed = {}, []
     for cycle, victim in enumerate(("there", "here")):
@@ -210,14 +210,14 @@ def test_killed_workers_here_and_on_another_machine_are_failed_and_retried(tmp_p
         else:
             here = start_search(recipe, pg_url)
     finish([here, there])
-    study = check_study(pg_url, 5, completed, killed)
+    study = check_study(pg_url, 4, completed, killed)
     assert fail_reason(study, study.trials[killed[0]]) == STALE_REASON  # the other machine's: by heartbeat only
     reason = fail_reason(study, study.trials[killed[1]])
     assert reason == STALE_REASON or "its worker process" in reason
 
 
 def test_workers_wait_for_a_restarted_server_and_lose_nothing(tmp_path, pg_url, postgres: PgServer) -> None:
-    recipe = write_recipe(tmp_path, n_trials=5, seconds=1.5, heartbeat_seconds=1, grace_seconds=30)
+    recipe = write_recipe(tmp_path, n_trials=4, seconds=1.5, heartbeat_seconds=1, grace_seconds=30)
     procs = [start_search(recipe, pg_url) for _ in range(2)]
     for p in procs:
         running_of(pg_url, p)
@@ -227,7 +227,7 @@ def test_workers_wait_for_a_restarted_server_and_lose_nothing(tmp_path, pg_url, 
     postgres.start()
     errors = finish(procs)
     assert any("reconnected after" in err for err in errors), errors
-    study = check_study(pg_url, 5, completed, [])
+    study = check_study(pg_url, 4, completed, [])
     assert not [t for t in study.trials if t.state == TrialState.FAIL]
 
 
