@@ -52,6 +52,7 @@ from llmnas.search.storage import (
     make_storage,
     removed_on_error,
     retry_trial,
+    shown,
     worker_id,
 )
 from llmnas.search.study import arch_attrs, counted, finished
@@ -190,8 +191,8 @@ def _check_setup(recipe: Recipe, space: TransformerSpace, data: TokenData, study
               for d in search.directions]  # decode_tokens_per_s is maximised
     if study.directions != wanted:
         raise RecipeError(
-            f"study {recipe.study!r} in {recipe.storage_url} has {len(study.directions)} objective(s); the recipe asks "
-            f"for {list(search.objectives)}: use another study name (--set study=NEW_NAME)"
+            f"study {recipe.study!r} in {shown(recipe.storage_url)} has {len(study.directions)} objective(s); the "
+            f"recipe asks for {list(search.objectives)}: use another study name (--set study=NEW_NAME)"
         )
     record = setup_record(recipe, space, data, evaluator)
     stored = study.user_attrs.get("setup")
@@ -209,7 +210,7 @@ def _check_setup(recipe: Recipe, space: TransformerSpace, data: TokenData, study
     elif stored != json.loads(json.dumps(record)):
         changed = [k for k in record if json.loads(json.dumps(record[k])) != stored.get(k)]
         raise RecipeError(
-            f"study {recipe.study!r} in {recipe.storage_url} was started with a different {', '.join(changed)}; "
+            f"study {recipe.study!r} in {shown(recipe.storage_url)} was started with a different {', '.join(changed)}; "
             "its trials would not be comparable: use another study name (--set study=NEW_NAME) or the original "
             "recipe to resume it"
         )

@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from llmnas.search.report import pareto_plots, pareto_table, state_counts, top_table
+from llmnas.search.storage import dashboard_url, shown
 from llmnas.search.study import fail_reason, finished, ranked
 from llmnas.space.arch import param_count_str
 
@@ -103,13 +104,14 @@ def print_header(recipe: Recipe, space: TransformerSpace, data: TokenData, study
                "proxy": f"evaluator proxy {e.get('proxy')}, no training",
                "supernet": f"evaluator supernet {e.get('supernet_path')} (weights {e.get('supernet_id')}), no training",
                }[e["evaluator"]]
-    print(f"study {recipe.study!r}: {len(finished(study))} of {n_trials} trials done; storage {recipe.storage_url}")
+    print(f"study {recipe.study!r}: {len(finished(study))} of {n_trials} trials done; "
+          f"storage {shown(recipe.storage_url)}")
     print(f"  data: {m.source}; tokenizer {m.tokenizer} ({m.vocab_size} ids); "
           f"{m.n_train_tokens:,} train / {m.n_val_tokens:,} validation tokens")
     print(f"  space: {space.name} ({space.size():.3g} architectures, {len(space.choices())} decisions); "
           f"sampler {recipe.search.sampler}; objectives {', '.join(recipe.search.objectives)}; "
           f"{scoring}; workers {workers}")
-    print(f"  watch it: optuna-dashboard {recipe.storage_url}")
+    print(f"  watch it: optuna-dashboard {dashboard_url(recipe.storage_url)}")
 
 
 def write_summary(recipe: Recipe, study: optuna.Study, summary: SearchSummary, show: bool) -> None:

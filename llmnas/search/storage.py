@@ -141,6 +141,13 @@ def shown(url: str) -> str:
         return url
 
 
+def dashboard_url(url: str) -> str:
+    """What to give optuna-dashboard for this storage: a journal file's path, a database URL without its
+    password (the dashboard asks for nothing; the user puts the password back)."""
+    path = journal_path(url)
+    return str(path) if path is not None else shown(url)
+
+
 def driver_url(url: str) -> str:
     """The URL with the PostgreSQL driver that is installed: ``postgresql://`` means psycopg 3 for SQLAlchemy
     2.1 and psycopg2 for 2.0; llmnas takes whichever of the two is there (psycopg 3 first)."""

@@ -160,6 +160,7 @@ def test_eight_workers_on_one_postgres_study_make_exactly_n_distinct_trials(tmp_
     assert len({t.user_attrs["worker"] for t in study.trials}) >= 3  # they shared the work
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_repeat_waits_for_the_running_trial_of_its_architecture(tmp_path, pg_url) -> None:
     """A trial whose architecture another worker is training (an earlier trial, still running) waits for it and
     takes its result: no architecture is trained twice, even by workers that draw it at the same moment."""
@@ -269,7 +270,8 @@ BAD = {
         setup=lambda tmp: _older_schema(s, url), keeps_token_cache=True),
     "study-of-another-recipe": lambda s, url: Row(
         ["search", "{tmp}/r.yaml", "--storage", url, "--set", "train.max_steps=3"],
-        ["study 't'", "was started with a different train"], BASE, setup=lambda tmp: _search_once(tmp, url)),
+        ["study 't' in postgresql://llmnas:***@", "was started with a different train"], BASE,
+        setup=lambda tmp: _search_once(tmp, url)),
 }
 
 
