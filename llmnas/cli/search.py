@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-trials", type=int, help="trials the study should hold when done (default: the recipe's)")
     p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     p.add_argument("--workers", type=int, help="worker processes sharing the study on this machine")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///runs/<study>/study.db)")
+    p.add_argument("--storage", help="Optuna storage URL: sqlite:///PATH, postgresql://USER@HOST/DB (many machines) "
+                   "or journal:///PATH (a file on a shared disk) (default: sqlite:///runs/<study>/study.db)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
     p.set_defaults(func=search)
 
