@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from llmnas.hardware import measure_many
 from llmnas.hardware.predictor import LatencyPredictor, error_stats
 from llmnas.recipe import load_recipe
-from llmnas.search import run_search, trial_arch
+from llmnas.search import load_study, run_search, trial_arch
 
 
 def run_search_stage(out: Path, predictor_path: Path, n_trials: int, log: Callable[[str], None]) -> None:
@@ -24,11 +24,19 @@ def run_search_stage(out: Path, predictor_path: Path, n_trials: int, log: Callab
     overrides = ["hardware.mode=predicted", f"hardware.predictor={predictor_path}", "hardware.settings={}",
                  f"run_dir={out / 'runs'}", f"search.n_trials={n_trials}"]
     recipe = load_recipe("hw_quickstart", overrides)
-    log(f"search: {n_trials} trials of hw_quickstart (NSGA-II, decode tokens/s predicted by {predictor_path})")
-    summary = run_search(recipe, show_progress=True)
-    study = summary.study
+    if (recipe.study_dir / "study.db").exists() and len(load_study(recipe.study_dir).trials) >= n_trials:
+        study, seconds = load_study(recipe.study_dir), None  # searched before: re-measure and plot only
+        log(f"search: {recipe.study_dir} holds its {n_trials} trials already")
+    else:
+        log(f"search: {n_trials} trials of hw_quickstart (NSGA-II, decode tokens/s predicted by {predictor_path})")
+        summary = run_search(recipe, show_progress=True)
+        study, seconds = summary.study, summary.seconds
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    front = sorted(study.best_trials, key=lambda t: t.values[0])
+    front, seen = [], set()
+    for t in sorted(study.best_trials, key=lambda t: (t.values[0], t.number)):
+        if t.user_attrs["arch_id"] not in seen:  # a repeated architecture (reused trial) once
+            seen.add(t.user_attrs["arch_id"])
+            front.append(t)
     predictor = LatencyPredictor.read(predictor_path)
     log(f"search: re-measuring the {len(front)} front architectures")
     archs = [trial_arch(t) for t in front]
@@ -45,7 +53,7 @@ def run_search_stage(out: Path, predictor_path: Path, n_trials: int, log: Callab
     meas = np.array([r["measured_tokens_per_s"] for r in rows])
     result = {
         "recipe": "hw_quickstart", "overrides": overrides, "n_trials": len(study.trials), "completed": len(done),
-        "search_seconds": summary.seconds, "predictor": str(predictor_path), "front": rows,
+        "search_seconds": seconds, "predictor": str(predictor_path), "front": rows,
         "front_error": error_stats(pred, meas) if len(rows) >= 3 else None,
         "all": [{"trial": t.number, "val_loss": t.values[0], "tokens_per_s": t.values[1]} for t in done],
     }
