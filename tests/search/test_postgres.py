@@ -25,8 +25,8 @@ from optuna.trial import TrialState
 from llmnas.data import prepare_data
 from llmnas.recipe import recipe_from_dict
 from llmnas.search import load_study
-from llmnas.search.engine import Objective, open_study, prepare_space
-from llmnas.search.storage import STALE_REASON, StorageError, with_reconnect
+from llmnas.search.engine import Objective, open_study, prepare_space, run_trials
+from llmnas.search.storage import STALE_REASON, StorageError, make_storage, with_reconnect
 from llmnas.search.study import arch_attrs, counted, fail_reason
 from tests.conftest import REPO
 from tests.search.pg_server import PgServer, free_port
@@ -230,6 +230,31 @@ def test_workers_wait_for_a_restarted_server_and_lose_nothing(tmp_path, pg_url, 
     assert any("reconnected after" in err for err in errors), errors
     study = check_study(pg_url, 4, completed, [])
     assert not [t for t in study.trials if t.state == TrialState.FAIL]
+
+
+def test_a_trial_started_while_a_restart_had_freed_the_study_lock_gives_way(postgres: PgServer, pg_url) -> None:
+    """The study lock (an advisory lock) dies with its connection: when the server restarts during a turn,
+    another process may count the trials without this one. The turn's end notices and, if the others make
+    ``n_trials`` without it, the trial gives way (failed as surplus, not counted) instead of overshooting."""
+    db = pg_url.rsplit("/", 1)[1]
+
+    class RestartMidTurn(optuna.samplers.RandomSampler):
+        def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            # what a restart does to the lock's session, and what another worker does meanwhile
+            locks = postgres.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory'", db=db)
+            assert len(locks) == 1
+            postgres.execute(f"SELECT pg_terminate_backend({locks[0][0]})", db=db)
+            study.add_trial(optuna.create_trial(value=2.0))
+
+    study = optuna.create_study(study_name="t", storage=make_storage(pg_url), sampler=RestartMidTurn())
+    study.add_trial(optuna.create_trial(value=1.0))
+    called = []
+    run_trials(study, called.append, pg_url, n_trials=2, deadline=None, callbacks=[])
+    assert not called  # the objective never ran
+    surplus = study.trials[1]
+    assert surplus.state == TrialState.FAIL and surplus.user_attrs["surplus"] is True
+    assert "database restart had freed the study lock" in fail_reason(study, surplus)
+    assert [t.values for t in counted(study)] == [[1.0], [2.0]]
 
 
 def test_a_server_that_does_not_come_back_stops_the_worker_with_a_clear_error() -> None:
