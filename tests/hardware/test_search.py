@@ -93,7 +93,7 @@ def test_latency_cap_rejects_slow_architectures(tmp_path: Path, micro_predictor:
     cap = latencies[len(latencies) // 2]
     study, objective = sqlite_study(tmp_path, make_recipe(tmp_path, predicted(micro_predictor, max_prefill_ms=cap),
                                                           **PROXY_HW))
-    study.optimize(objective, n_trials=10)
+    study.optimize(objective, n_trials=8)
     rejected = [t for t in study.trials if "rejected" in t.user_attrs]
     kept = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert rejected and kept
