@@ -23,7 +23,9 @@ from tests.search.test_postgres import (  # noqa: F401 - _kill_leftovers: the au
 
 
 def test_three_workers_on_a_journal_file_make_exactly_n_distinct_trials(tmp_path) -> None:
-    recipe = write_recipe(tmp_path, n_trials=12, sampler="evolution", **PROXY)
+    """REINFORCE here (evolution on PostgreSQL): its policy lives in the study and is read by every worker; it
+    never proposes an architecture already asked, running ones included."""
+    recipe = write_recipe(tmp_path, n_trials=12, sampler="reinforce", **PROXY)
     journal = f"journal:///{tmp_path / 'shared' / 'study.log'}"
     finish([start_search(recipe, journal), start_search(recipe, journal, "--workers", "2")])
     study = check_study(journal, 12, {}, [])
