@@ -24,11 +24,13 @@ import numpy as np
 from llmnas.hardware.device import HardwareError, describe_device, resolve_device
 from llmnas.hardware.lut import measure_parts, space_parts
 from llmnas.hardware.measure import Settings, measure_many
-from llmnas.hardware.predictor import LatencyPredictor, error_stats, space_identity
+from llmnas.hardware.predictor import TARGETS, LatencyPredictor, error_stats, space_identity
 from llmnas.space.arch import Architecture
 
 #: What the report compares, per target: the predictor, the table's sum alone, FLOPs alone, parameters alone.
 REPORTED = ("prefill_ms", "decode_tokens_per_s", "peak_memory_mb", "train_step_ms")
+#: Fewest architectures that fit every target (the largest feature set plus two).
+MIN_FIT = max(len(names) for _, names in TARGETS.values()) + 2
 
 
 def sample_archs(space: Any, n: int, seed: int) -> list[Architecture]:
@@ -100,8 +102,12 @@ def profile_space(
     dev = resolve_device(device)
     if not 0 < holdout < 1:
         raise HardwareError(f"holdout={holdout!r}: must be a fraction in (0, 1)")
-    if n < 10:
-        raise HardwareError(f"n={n}: at least 10 architectures are needed to fit and test a predictor")
+    n_test = round(n * holdout)
+    if n - n_test < MIN_FIT or n_test < 3:
+        raise HardwareError(
+            f"n={n} with holdout={holdout:g} leaves {n - n_test} architectures to fit and {n_test} to test; at least "
+            f"{MIN_FIT} and 3 are needed (e.g. --n {max(2 * MIN_FIT, 20)})"
+        )
     archs = sample_archs(space, n, seed)
     for arch in archs[:1]:
         settings.check(arch)
