@@ -8,7 +8,7 @@ Every running trial sends heartbeats (the journal file gets them too, as a trial
 trial whose worker went silent, or whose worker process on this host is known to be gone, is failed with
 its reason and queued again (a lost worker says nothing about the architecture). Processes sharing a study
 take turns through the study lock from counting the trials to recording the next trial's architecture, so
-that ``n_trials`` is exact and no two running trials hold the same architecture: a file lock beside a
+that ``n_trials`` is exact and every sampler sees the architectures already started: a file lock beside a
 SQLite or journal file, a PostgreSQL advisory lock on a database server. Calls to a database server survive
 a restart of the server: a call that lost its connection is retried for :data:`RECONNECT_SECONDS`.
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
-from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._heartbeat import BaseHeartbeat  # the interface fail_stale_trials reads; not exported
 from optuna.trial import FrozenTrial, TrialState
 
 from llmnas.errors import LlmnasError
@@ -406,9 +406,14 @@ class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
             self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        now = time.time()
-        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-                if now - t.system_attrs.get(HEARTBEAT_ATTR, now) > self.grace_period]
+        """Running trials silent for the grace period; one never heard from counts from its start (its worker
+        may have died before its first heartbeat)."""
+        now, stale = time.time(), []
+        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            last = t.system_attrs.get(HEARTBEAT_ATTR) or (t.datetime_start.timestamp() if t.datetime_start else now)
+            if now - last > self.grace_period:
+                stale.append(t._trial_id)
+        return stale
 
     def get_heartbeat_interval(self) -> int | None:
         return self.heartbeat_interval
@@ -485,7 +490,8 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial, max_retry: int = MAX_RE
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     if len(history) > max_retry:
         return None
-    system_attrs: dict[str, Any] = {**trial.system_attrs, "failed_trial": history[0], "retry_history": history}
+    system_attrs: dict[str, Any] = {**{k: v for k, v in trial.system_attrs.items() if k != HEARTBEAT_ATTR},
+                                    "failed_trial": history[0], "retry_history": history}
     user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in NOT_INHERITED}
     retry = optuna.create_trial(state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
                                 user_attrs=user_attrs, system_attrs=system_attrs)
