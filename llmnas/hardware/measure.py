@@ -278,7 +278,7 @@ def peak_memory_mb(run: Callable[[], Any], device: torch.device, held: int) -> f
         return torch.cuda.max_memory_allocated(device) / MB
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]" and str(e.device_type()).endswith("CPU"))
@@ -287,6 +287,23 @@ def peak_memory_mb(run: Callable[[], Any], device: torch.device, held: int) -> f
         level += nbytes
         peak = max(peak, level)
     return (held + peak) / MB
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 inside the block: the profiler's C++ side prints two lines per use."""
+    import os
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def tensor_bytes(model: torch.nn.Module) -> int:
