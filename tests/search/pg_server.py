@@ -31,6 +31,14 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+def require_driver() -> None:
+    """Skip (fail under CI) without the driver ``llmnas[postgres]`` installs."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _missing("the PostgreSQL driver is not installed: pip install -e '.[postgres]'")
+
+
 def pg_bindir() -> Path | None:
     """The folder of ``initdb`` and ``pg_ctl``, or ``None``."""
     candidates = []
@@ -108,10 +116,7 @@ def start_server() -> PgServer:
     if bindir is None:
         _missing("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql, or set "
                  "LLMNAS_PG_BINDIR")
-    try:
-        import psycopg  # noqa: F401 - the driver llmnas[postgres] installs
-    except ImportError:
-        _missing("the PostgreSQL driver is not installed: pip install -e '.[postgres]'")
+    require_driver()
     as_user: list[str] = []
     root = Path(tempfile.mkdtemp(prefix="llmnas-pg-"))
     if os.geteuid() == 0:  # initdb and postgres refuse to run as root

@@ -29,7 +29,7 @@ from llmnas.search.engine import Objective, open_study, prepare_space, run_trial
 from llmnas.search.storage import STALE_REASON, StorageError, make_storage, with_reconnect
 from llmnas.search.study import arch_attrs, counted, fail_reason
 from tests.conftest import REPO
-from tests.search.pg_server import PgServer, free_port
+from tests.search.pg_server import PgServer, free_port, require_driver
 from tests.search.test_engine import make_recipe
 from tests.test_bad_input import BASE, Row, check_row
 
@@ -260,6 +260,7 @@ def test_a_trial_started_while_a_restart_had_freed_the_study_lock_gives_way(post
 def test_a_server_that_does_not_come_back_stops_the_worker_with_a_clear_error() -> None:
     import sqlalchemy
 
+    require_driver()
     url = f"postgresql://llmnas@127.0.0.1:{free_port()}/db"
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     started = time.monotonic()
