@@ -50,8 +50,14 @@ def test_cli_writes_table_json_and_png(paths, tmp_path, capsys):
     assert run(paths, "--strategies", "darts,spos", "--seeds", "1", "--seed", "5", "--out", str(out), "--resume",
                *TINY) == 0
     again = json.loads((out / "runs.json").read_text())["runs"]
-    assert {r["strategy"]: r["wall_seconds"] for r in again} == {s: before[s] for s in ("darts", "spos")}
+    assert {r["strategy"]: r["wall_seconds"] for r in again} == before  # the other strategies' runs are kept
+    assert "ENAS** (this run)" not in (out / "results.md").read_text()
     assert "resuming: 4 finished run(s)" in capsys.readouterr().out
+    # --report rewrites the outputs from the finished runs and searches nothing
+    (out / "results.md").unlink()
+    assert run(paths, "--strategies", "gdas", "--seeds", "1", "--seed", "5", "--out", str(out), "--report", *TINY) == 0
+    assert "GDAS** (this run)" in (out / "results.md").read_text()
+    assert {r["strategy"]: r["wall_seconds"] for r in json.loads((out / "runs.json").read_text())["runs"]} == before
 
 
 @pytest.mark.parametrize(
@@ -67,6 +73,7 @@ def test_cli_writes_table_json_and_png(paths, tmp_path, capsys):
         (["--set", "epochs={darts: 0}"], "epochs: darts=0"),
         (["--protocol", "tpu"], "--protocol 'tpu' is not a protocol (allowed: cpu, gpu)"),
         (["--images", "/nonexistent/cifar.tar.gz"], "/nonexistent/cifar.tar.gz does not exist"),
+        (["--report"], "runs.json does not exist (run the benchmark first)"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_nothing_written(paths, tmp_path, capsys, args, message):

@@ -109,12 +109,16 @@ def run_bench(
     workers: int = 1,
     cache_dir: Path | None = None,
     resume: bool = False,
+    report_only: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Run every (strategy, seed); ``runs.json`` in ``out`` is rewritten after each run (``resume`` keeps the
-    runs already there that used the same settings)."""
-    out.mkdir(parents=True, exist_ok=True)
+    runs already there that used the same settings; ``report_only`` keeps them and runs nothing)."""
+    resume = resume or report_only
     path = out / "runs.json"
+    if report_only and not path.exists():
+        raise RecipeError(f"--report: {path} does not exist (run the benchmark first)")
+    out.mkdir(parents=True, exist_ok=True)
     cfg_dict = cfg.to_dict()
     runs: list[dict[str, Any]] = []
     if resume and path.exists():
@@ -122,6 +126,10 @@ def run_bench(
         log(f"resuming: {len(runs)} finished run(s) in {path}")
     done = {(r["strategy"], r["seed"]) for r in runs}
     todo = [(s, seed) for seed in seeds for s in strategies if (s, seed) not in done]  # every strategy early
+    if report_only:
+        if not runs:
+            raise RecipeError(f"--report: no finished run with these settings in {path}")
+        todo = []
     save_cfg = {k: v for k, v in cfg_dict.items() if k != "epochs"} | {"epochs": cfg.epochs}
     jobs = [(s, str(source), save_cfg, seed, str(cache_dir) if cache_dir else None) for s, seed in todo]
 
@@ -244,7 +252,12 @@ def write_outputs(runs: list[dict[str, Any]], table: NB201Table, strategies: Seq
     ]) + "\n"
     paths = {"md": out / "results.md", "json": out / "runs.json", "png": out / "search.png"}
     paths["md"].write_text(md)
-    _write_json(paths["json"], runs, {"config": c, "strategies": list(strategies), "fidelity": fid, "machine": extra})
+    # runs of other strategies or seeds already in the file stay there (a --resume of a subset loses nothing)
+    key = {(r["strategy"], r["seed"], json.dumps(r["config"], sort_keys=True)) for r in runs}
+    old = json.loads(paths["json"].read_text())["runs"] if paths["json"].exists() else []
+    kept = [r for r in old if (r["strategy"], r["seed"], json.dumps(r["config"], sort_keys=True)) not in key]
+    _write_json(paths["json"], runs + kept,
+                {"config": c, "strategies": list(strategies), "fidelity": fid, "machine": extra})
     plot(runs, strategies, paths["png"])
     return md, paths
 

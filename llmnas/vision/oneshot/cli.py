@@ -50,6 +50,8 @@ def register(cmds: argparse._SubParsersAction, table_default: Path) -> None:
     o.add_argument("--workers", type=int, default=1, help="searches run at once, one process each (default 1)")
     o.add_argument("--cache-dir", type=Path, help="where decoded images are cached (default: the images' default)")
     o.add_argument("--resume", action="store_true", help="keep the finished runs of --out with the same settings")
+    o.add_argument("--report", action="store_true",
+                   help="rewrite table, JSON and PNG from the finished runs in --out (same settings)")
     o.add_argument("--out", type=Path, required=True, help="output folder")
     o.set_defaults(func=oneshot)
 
@@ -103,7 +105,7 @@ def oneshot(args: argparse.Namespace) -> int:
     load_images(args.images, cache_dir=args.cache_dir)  # a bad source fails here, before any search
     seeds = list(range(args.seed, args.seed + args.seeds))
     runs = run_bench(args.images, table, strategies, seeds, cfg, args.out, workers=args.workers,
-                     cache_dir=args.cache_dir, resume=args.resume)
+                     cache_dir=args.cache_dir, resume=args.resume, report_only=args.report)
     seconds = time.perf_counter() - start
     extra = {"machine": f"{platform.machine()} ({os.cpu_count()} cores)", "torch threads per search": cfg.threads,
              "workers": args.workers, "total wall time (s)": round(seconds, 1)}
