@@ -2,8 +2,8 @@
 
 For each target the prediction is ``c · features(arch)``, where the features are the look-up table's sum
 over the architecture's parts (:mod:`llmnas.hardware.lut`) and counts from the spec (depth, FLOPs,
-parameters, KV-cache bytes). The table carries what each part costs alone; the regression carries what
-the sum misses (the per-layer Python and dispatch overhead, caches, the share of the work a part's
+parameters, KV-cache bytes, routed experts). The table carries what each part costs alone; the regression
+carries what the sum misses (the per-layer Python and dispatch overhead, caches, the share of the work a part's
 isolated timing over- or under-states). The coefficients minimise the squared *relative* error on the
 measured training architectures (a small ridge keeps them stable), so a fast model's error counts as
 much as a slow one's.
@@ -32,13 +32,15 @@ import numpy as np
 from llmnas.hardware.device import HardwareError, describe_device, same_device, short
 from llmnas.hardware.lut import block_keys, lut_sum
 from llmnas.hardware.measure import Settings
-from llmnas.space.arch import Architecture
+from llmnas.space.arch import Architecture, MoEFFN
 
 FORMAT = "llmnas.hw-predictor/1"
 #: Targets the predictor fits, with the table it reads (``None``: counts alone) and its features.
 TARGETS: dict[str, tuple[str | None, tuple[str, ...]]] = {
-    "prefill_ms": ("prefill", ("one", "lut", "layers", "gflops", "mparams_active", "masks", "mask_melems")),
-    "decode_ms_per_step": ("decode", ("one", "lut", "layers", "mflops", "mparams_active", "kv_mb")),
+    "prefill_ms": ("prefill", ("one", "lut", "layers", "gflops", "mparams_active", "experts", "moe_layers", "masks",
+                               "mask_melems")),
+    "decode_ms_per_step": ("decode", ("one", "lut", "layers", "mflops", "mparams_active", "kv_mb", "experts",
+                                      "moe_layers")),
     "peak_memory_mb": (None, ("one", "params_mb", "kv_mb", "layers", "width_mb")),
     "train_step_ms": (None, ("one", "train_gflops", "mparams", "layers")),
 }
@@ -67,7 +69,10 @@ def features(arch: Architecture, settings: Settings, target: str, table: dict[st
     t_train = s.train_seq_len or arch.max_seq_len
     masks = {(b.attn.window, b.attn.n_heads if arch.pos == "alibi" else 0) for b in arch.blocks}
     masks.discard((None, 0))  # plain causal attention needs no mask
+    moe = [b.ffn for b in arch.blocks if isinstance(b.ffn, MoEFFN)]
     values = {
+        "experts": float(sum(f.n_experts for f in moe)),
+        "moe_layers": float(len(moe)),
         "masks": float(len(masks)),
         "mask_melems": sum(max(h, 1) for _, h in masks) * s.prompt_len**2 / 1e6,
         "one": 1.0,

@@ -24,6 +24,6 @@ def micro_space_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def micro_predictor(micro_space_file: Path, tmp_path_factory: pytest.TempPathFactory) -> LatencyPredictor:
-    """``llmnas hw profile`` of the micro space (20 architectures, half held out), once per session."""
+    """``llmnas hw profile`` of the micro space (24 architectures, half held out), once per session."""
     out = tmp_path_factory.mktemp("profile")
-    return profile_space(load_space(micro_space_file), 20, out, settings=QUICK, seed=0, log=lambda _: None)
+    return profile_space(load_space(micro_space_file), 24, out, settings=QUICK, seed=0, log=lambda _: None)

@@ -19,13 +19,13 @@ from llmnas.space.feasibility import groups
 def test_profile_writes_predictor_measurements_and_held_out_error(micro_predictor: LatencyPredictor) -> None:
     folder = Path(micro_predictor.path).parent
     rows = [json.loads(line) for line in (folder / "measurements.jsonl").read_text().splitlines()]
-    assert len(rows) == 20 and sum(r["split"] == "holdout" for r in rows) == 10
+    assert len(rows) == 24 and sum(r["split"] == "holdout" for r in rows) == 12
     assert all(r["settings"]["repeats"] == 3 and r["device"]["kind"] == "cpu" for r in rows)
     report = micro_predictor.report
-    assert report["n_fit"] == 10 and report["n_holdout"] == 10
+    assert report["n_fit"] == 12 and report["n_holdout"] == 12
     for target in ("prefill_ms", "decode_tokens_per_s", "peak_memory_mb"):
         err = report["holdout"][target]["predictor"]
-        assert err["n"] == 10 and 0 <= err["within_10pct"] <= 1 and -1 <= err["spearman"] <= 1
+        assert err["n"] == 12 and 0 <= err["within_10pct"] <= 1 and -1 <= err["spearman"] <= 1
     assert "within ±10 %" in (folder / "report.md").read_text()
 
 
