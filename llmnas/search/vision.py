@@ -192,8 +192,9 @@ def top_table(study: optuna.Study, k: int, objective: str) -> str:
     for rank, t in enumerate(done[:k], 1):
         a = t.user_attrs
         truth = a.get("ground_truth", {}).get("cifar10_test200")
+        cell_md = "`" + str(a.get("cell")).replace("|", "\\|") + "`"  # a table cell: its '|' escaped
         lines.append(f"| {rank} | {t.number} | {t.values[0]:.4g} | {a.get('val_acc', float('nan')):.2f} | "
-                     f"{a.get('params', 0):,} | {a.get('images_per_second', 0):.0f} | `{a.get('cell')}` | "
+                     f"{a.get('params', 0):,} | {a.get('images_per_second', 0):.0f} | {cell_md} | "
                      f"{'' if truth is None else f'{truth:.2f}'} |")
     return "\n".join(lines)
 
