@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from llmnas.hardware.cache import KVCache, attention_step, embed, ffn_step, head
+from llmnas.hardware.device import resolve_dtype
 from llmnas.hardware.measure import Settings, timer, torch_threads
 from llmnas.models.decoder import AttentionContext, Block, Decoder
 from llmnas.space.arch import Architecture, BlockSpec, _block_to_dict
@@ -60,7 +61,7 @@ class _Part:
     def __init__(self, key: str, arch: Architecture, device: torch.device, settings: Settings, seed: int) -> None:
         s, kind = settings, json.loads(key)[0]
         self.key = key
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[s.dtype]
+        dtype = resolve_dtype(s.dtype)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = Decoder(arch).to(device=device, dtype=dtype).eval()

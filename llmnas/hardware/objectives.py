@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from llmnas.errors import LlmnasError, RecipeError
-from llmnas.hardware.device import HardwareError, identity, resolve_device
+from llmnas.hardware.device import HardwareError, resolve_device
 from llmnas.hardware.measure import Settings, measure_many
 from llmnas.hardware.predictor import LatencyPredictor, load_predictor
 from llmnas.space.arch import Architecture, BlockSpec
@@ -98,6 +98,9 @@ class HardwareConfig:
             value = getattr(self, key)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise HardwareError(f"hardware.{key}={value!r}: must be a positive number or null")
+        if self.max_peak_memory_mb is not None and self.settings.get("memory") is False:
+            raise HardwareError("hardware.max_peak_memory_mb: needs the memory measurement (hardware.settings.memory "
+                                "is false)")
 
     @property
     def limits(self) -> dict[str, float]:
@@ -135,16 +138,6 @@ class HardwareScorer:
         else:
             self.settings = Settings(**cfg.settings)
         self._cache: dict[str, dict[str, float]] = {}
-
-    def setup(self) -> dict[str, Any]:
-        """What identifies the values in the study's set-up record (a study resumes only with the same)."""
-        out: dict[str, Any] = {"mode": self.cfg.mode, "settings": self.settings.to_dict(), "limits": self.cfg.limits}
-        if self.predictor is not None:
-            out["predictor_sha"] = hashlib.sha256(Path(self.predictor.path or "").read_bytes()).hexdigest()[:12]
-            out["device"] = identity(self.predictor.device)
-        else:
-            out["device"] = self.cfg.device
-        return out
 
     def values(self, arch: Architecture) -> dict[str, float]:
         """``prefill_ms``, ``decode_tokens_per_s``, ``peak_memory_mb``, ... for ``arch`` (computed once per id)."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,7 +239,3 @@ def load_predictor(path: str | Path, *, device: str = "cpu", space: Any = None) 
                 f"{mine['name']!r} with llmnas hw profile"
             )
     return predictor
-
-
-def finite(x: float) -> bool:
-    return isinstance(x, float) and math.isfinite(x)

@@ -156,6 +156,8 @@ def test_hardware_section_is_checked_with_the_recipe(tmp_path: Path, micro_predi
     assert "hardware.settings: hardware setting repeats=0" in error({"settings": {"repeats": 0}})
     assert "hardware.max_prefill_ms=-1.0: must be a positive number" in error({"max_prefill_ms": -1})
     assert "hardware.speed: unknown key" in error({"speed": 1})
+    assert "hardware.max_peak_memory_mb: needs the memory measurement" in error(
+        {"max_peak_memory_mb": 5, "settings": {"memory": False}})
     plain = recipe_from_dict(make_recipe(tmp_path, objectives=["val_loss", "peak_memory_mb"]))
     assert plain.hardware is not None and plain.hardware.mode == "measured"  # a hardware objective: measured
     assert recipe_from_dict(make_recipe(tmp_path)).hardware is None
