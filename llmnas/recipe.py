@@ -120,7 +120,9 @@ class SearchConfig:
     ``kv_cache_bytes_per_token``, and zero-cost proxies as objectives. Every objective is minimised, so a
     proxy for which larger is better (all four are) is named ``neg_<proxy>`` and its value is the negated
     score: ``neg_synflow``, ``neg_grad_norm``, ``neg_params``, ``neg_non_embedding_params``. Beside
-    ``val_loss`` (``evaluator: scratch``) a proxy objective is computed on the untrained model of the trial."""
+    ``val_loss`` (``evaluator: scratch``) a proxy objective is computed on the untrained model of the trial.
+    Hardware objectives may follow the first: ``prefill_ms``, ``decode_tokens_per_s`` (the one maximised),
+    ``peak_memory_mb``, ``train_step_ms``, measured or predicted as the ``hardware`` section says."""
     constraints: dict[str, int] = field(default_factory=dict)
     """Hard limits added to the space's own (``max_params``, ``min_params``, ``max_active_params``, ...);
     positive integers (``8e5`` is read as 800000)."""
