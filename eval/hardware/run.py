@@ -86,7 +86,8 @@ def stage_noise(space_name: str, out: Path) -> None:
     archs, rows = held_out(folder)
     log(f"noise {space_name}: the {len(archs)} held-out architectures measured again")
     second = measure_many(archs, "cpu", SETTINGS, seed=SEED + 1000)
-    result: dict = {"space": space_name, "settings": SETTINGS.to_dict(), "retest": {}}
+    result: dict = {"space": space_name, "settings": SETTINGS.to_dict(), "retest": {},
+                    "second_pass": [{"arch_id": a.id, **m.values()} for a, m in zip(archs, second, strict=True)]}
     for key in ("prefill_ms", "decode_tokens_per_s", "train_step_ms", "peak_memory_mb"):
         first = np.array([r[key]["median"] if isinstance(r[key], dict) else r[key] for r in rows])
         again = np.array([m.values()[key] for m in second])
