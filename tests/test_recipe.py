@@ -20,6 +20,12 @@ def test_there_are_shipped_recipes() -> None:
 def test_every_shipped_recipe_loads_against_its_schema(path: Path) -> None:
     recipe = load_recipe(path)
     assert recipe.study and recipe.source == str(path)
+    if getattr(recipe, "kind", None) == "vision":  # a cell space trained on images (llmnas.vision.recipe)
+        from llmnas.space.nb201 import NB201Space
+
+        assert isinstance(load_space(recipe.space), NB201Space)
+        assert recipe.train.epochs or recipe.train.max_steps or recipe.train.max_seconds
+        return
     assert isinstance(load_space(recipe.space), TransformerSpace)
     assert recipe.train.max_steps or recipe.train.max_tokens or recipe.train.max_seconds
     if recipe.retrain is not None:
