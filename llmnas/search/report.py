@@ -47,7 +47,9 @@ def state_counts(study: optuna.Study) -> str:
 
 
 def pareto_plots(study: optuna.Study, names: list[str], out_dir: Path) -> list[Path]:
-    """Pareto front of a multi-objective study as ``pareto.html`` (plotly) and ``pareto.png`` (matplotlib)."""
+    """Pareto front of a multi-objective study as ``pareto.html`` (plotly) and ``pareto.png`` (matplotlib).
+    Optuna plots two or three objectives; with more, the plots show the front of the first two (the table
+    from :func:`pareto_table` has them all)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,11 +57,14 @@ def pareto_plots(study: optuna.Study, names: list[str], out_dir: Path) -> list[P
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    fig = optuna.visualization.plot_pareto_front(study, target_names=names)
+    kwargs: dict = {"target_names": names}
+    if len(names) > 3:
+        kwargs = {"target_names": names[:2], "targets": lambda t: (t.values[0], t.values[1])}
+    fig = optuna.visualization.plot_pareto_front(study, **kwargs)
     html = out_dir / "pareto.html"
     fig.write_html(str(html), include_plotlyjs="cdn")
     written.append(html)
-    ax = optuna.visualization.matplotlib.plot_pareto_front(study, target_names=names)
+    ax = optuna.visualization.matplotlib.plot_pareto_front(study, **kwargs)
     png = out_dir / "pareto.png"
     ax.figure.savefig(png, dpi=120, bbox_inches="tight")
     plt.close(ax.figure)
