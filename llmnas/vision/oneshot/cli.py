@@ -109,6 +109,10 @@ def oneshot(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     extra = {"machine": f"{platform.machine()} ({os.cpu_count()} cores)", "torch threads per search": cfg.threads,
              "workers": args.workers, "total wall time (s)": round(seconds, 1)}
+    if args.report:  # the figures of the run that produced the searches, not of this rewrite
+        import json
+
+        extra = json.loads((args.out / "runs.json").read_text()).get("machine") or extra
     md, paths = write_outputs(runs, table, strategies, cfg, args.out, extra)
     print(md)
     print(f"{len(runs)} searches in {seconds:.0f} s; wrote " + ", ".join(str(p) for p in paths.values()))
