@@ -6,6 +6,8 @@ Each stage is one ``llmnas bench nb201-oneshot`` invocation (results under ``eva
   of NAS-Bench-201's halves, 2 / 5 / 5 / 6 epochs for DARTS / GDAS / ENAS / SPOS), seeds 0-2, two searches at a
   time, one torch thread each: ``results/cpu/{results.md,runs.json,search.png}``.
 - ``tune`` -- the same on seed 100 (never reported), for choosing settings: ``results/tune/``.
+- ``collapse1000``, ``collapse500`` -- DARTS alone, seed 0, 20 epochs on 1,000 images / 40 epochs on 500 images,
+  architecture lr 1e-2: the onset of DARTS's collapse toward parameter-free ops (``results/darts_collapse*/``).
 - ``gpu`` -- NAS-Bench-201's own protocol (C = 16, N = 5, 50 epochs on the full 25,000 + 25,000 images,
   architecture Adam 3e-4) from ``gpu.yaml``; needs a CUDA device (not run here).
 
@@ -28,7 +30,15 @@ STAGES = {
     "cpu": ["--seeds", "3", "--seed", "0", "--workers", "2", "--out", str(RESULTS / "cpu")],
     "tune": ["--seeds", "1", "--seed", "100", "--workers", "2", "--out", str(RESULTS / "tune")],
     "gpu": ["--seeds", "3", "--seed", "0", "--config", str(HERE / "gpu.yaml"), "--out", str(RESULTS / "gpu")],
+    # DARTS run longer on a small training set, architecture lr 1e-2: the onset of its collapse (DARTS only)
+    "collapse1000": ["--seeds", "1", "--seed", "0", "--set", "train_images=1000", "--set", "valid_images=1000",
+                     "--set", "epochs={darts: 20}", "--set", "arch_lr=0.01", "--set", "snapshots_per_epoch=1",
+                     "--out", str(RESULTS / "darts_collapse")],
+    "collapse500": ["--seeds", "1", "--seed", "0", "--set", "train_images=500", "--set", "valid_images=500",
+                    "--set", "epochs={darts: 40}", "--set", "arch_lr=0.01", "--set", "snapshots_per_epoch=1",
+                    "--out", str(RESULTS / "darts_collapse_500")],
 }
+DARTS_ONLY = ("collapse1000", "collapse500")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     for stage in (s.strip() for s in args.stages.split(",") if s.strip()):
         if stage not in STAGES:
             parser.error(f"unknown stage {stage!r} (allowed: {', '.join(STAGES)})")
-        code = llmnas(["bench", "nb201-oneshot", "--strategies", args.strategies, *STAGES[stage],
+        strategies = "darts" if stage in DARTS_ONLY else args.strategies
+        code = llmnas(["bench", "nb201-oneshot", "--strategies", strategies, *STAGES[stage],
                        *(["--resume"] if args.resume else [])])
         if code:
             return code
