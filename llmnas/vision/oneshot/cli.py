@@ -99,6 +99,8 @@ def oneshot(args: argparse.Namespace) -> int:
         raise RecipeError(f"--workers {args.workers}: need at least 1")
     cfg = build_config(args.protocol, args.config, args.set)
     check_folder("--out", args.out)
+    if args.report and not (args.out / "runs.json").exists():
+        raise RecipeError(f"--report: {args.out / 'runs.json'} does not exist (run the benchmark first)")
     table = load_nb201(args.data, cache_dir=DEFAULT_CACHE if os.access(DEFAULT_CACHE.parent, os.W_OK) else None)
     from llmnas.vision.data import load_images
 
