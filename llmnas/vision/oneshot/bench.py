@@ -94,7 +94,7 @@ def _one(args: tuple[str, str, dict[str, Any], int, str | None]) -> dict[str, An
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = load_images(source, cache_dir=Path(cache) if cache else None)
-    cfg = OneShotConfig.from_dict({k: v for k, v in cfg_dict.items()})
+    cfg = OneShotConfig.from_dict(cfg_dict)
     return run_search(strategy, data, cfg, seed, log=lambda m: print(m, flush=True)).to_dict()
 
 
@@ -130,8 +130,7 @@ def run_bench(
         if not runs:
             raise RecipeError(f"--report: no finished run with these settings in {path}")
         todo = []
-    save_cfg = {k: v for k, v in cfg_dict.items() if k != "epochs"} | {"epochs": cfg.epochs}
-    jobs = [(s, str(source), save_cfg, seed, str(cache_dir) if cache_dir else None) for s, seed in todo]
+    jobs = [(s, str(source), cfg_dict, seed, str(cache_dir) if cache_dir else None) for s, seed in todo]
 
     def add(result: dict[str, Any]) -> None:
         result["table"] = cell_record(result["cell"], table)

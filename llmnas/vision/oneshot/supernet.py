@@ -96,10 +96,6 @@ class CellSuperNet(CellNetwork):
     def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:  # type: ignore[override]
         return super().forward(x, arch)
 
-    def weights(self) -> list[nn.Parameter]:
-        """Every shared weight (the strategies' architecture parameters live outside the network)."""
-        return list(self.parameters())
-
     @torch.no_grad()
     def extract(self, cell: NB201Cell) -> CellNetwork:
         """A standalone network of ``cell`` holding copies of the shared weights (same logits as
