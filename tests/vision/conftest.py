@@ -45,6 +45,14 @@ def tiny_tarball(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return out
 
 
+@pytest.fixture(scope="session")
+def cifar():
+    """The whole real CIFAR-10 (decoded once into the user's cache, then read from it)."""
+    from llmnas.vision.data import load_images
+
+    return load_images(shared_data(CIFAR_TARBALL))
+
+
 @pytest.fixture(autouse=True)
 def image_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test decodes into its own cache (the real CIFAR test names the shared one itself)."""
@@ -54,7 +62,7 @@ def image_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One torch thread: two threads on a loaded 2-core machine are several times slower than one."""
+    """One torch thread, as the searches use: two threads on a loaded 2-core machine are several times slower."""
     import torch
 
     before = torch.get_num_threads()

@@ -7,30 +7,14 @@ import pytest
 import torch
 
 from llmnas.space.nb201 import NB201Cell
-from llmnas.vision.data import load_images
 from llmnas.vision.oneshot.config import OneShotConfig
 from llmnas.vision.oneshot.search import SearchData, run_search
 from llmnas.vision.oneshot.strategies import Darts, Gdas
 from llmnas.vision.oneshot.supernet import CellSuperNet
-from tests.conftest import shared_data
 
 TINY = dict(C=2, N=1, train_images=96, valid_images=96, batch_size=32, eval_images=64, bn_batches=1,
             search_trials=4, population_size=2, sample_size=1, fidelity_cells=5, final_samples=2,
             controller_every=1, epochs={"darts": 1, "gdas": 1, "enas": 1, "spos": 1})
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as the searches use: the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cifar():
-    return load_images(shared_data("images/cifar10_jpg.tar.gz"))
 
 
 @pytest.fixture(scope="module")

@@ -8,29 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from llmnas.space.nb201 import EDGES, OPS, NB201Cell
-from llmnas.vision.data import load_images, normalise
+from llmnas.vision.data import normalise
 from llmnas.vision.oneshot.evaluate import CellScorer, recalibrate_bn
 from llmnas.vision.oneshot.supernet import CellSuperNet, Hard
-from tests.conftest import shared_data
 
 CELLS = [
     NB201Cell.from_str("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|"),
     NB201Cell.from_str("|avg_pool_3x3~0|+|none~0|skip_connect~1|+|nor_conv_1x1~0|none~1|avg_pool_3x3~2|"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as the searches use: the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cifar():
-    return load_images(shared_data("images/cifar10_jpg.tar.gz"))
 
 
 @pytest.fixture(scope="module")
