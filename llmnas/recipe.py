@@ -158,8 +158,31 @@ class SearchConfig:
         return [OBJECTIVES[o][0] for o in self.objectives]
 
 
+class StudyPaths:
+    """Where a recipe's study lives, shared by the transformer and the vision recipes (dataclasses with
+    ``study``, ``run_dir``, ``search.storage`` and ``source``)."""
+
+    study: str
+    run_dir: str
+    search: Any
+    source: str
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.run_dir) / self.study
+
+    @property
+    def storage_url(self) -> str:
+        return self.search.storage or f"sqlite:///{self.study_dir / 'study.db'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        d.pop("source")
+        return d
+
+
 @dataclass(frozen=True, kw_only=True)
-class Recipe:
+class Recipe(StudyPaths):
     """A whole search (and retraining) recipe."""
 
     study: str
@@ -185,19 +208,6 @@ class Recipe:
     run_dir: str = "runs"
     """Folder holding one sub-folder per study."""
     source: str = "<recipe>"
-
-    @property
-    def study_dir(self) -> Path:
-        return Path(self.run_dir) / self.study
-
-    @property
-    def storage_url(self) -> str:
-        return self.search.storage or f"sqlite:///{self.study_dir / 'study.db'}"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("source")
-        return d
 
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"

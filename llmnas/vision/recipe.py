@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from llmnas.errors import RecipeError
+from llmnas.recipe import StudyPaths
 from llmnas.vision.train import VisionTrainConfig
 
 #: Objectives of a vision search (all minimised): name -> what it measures.
@@ -59,7 +60,7 @@ class VisionDataConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class VisionRecipe:
+class VisionRecipe(StudyPaths):
     """A search of a vision cell space by training each sampled cell from scratch."""
 
     study: str
@@ -75,19 +76,6 @@ class VisionRecipe:
     run_dir: str = "runs"
     source: str = "<recipe>"
     kind: str = field(default="vision", init=False)
-
-    @property
-    def study_dir(self) -> Path:
-        return Path(self.run_dir) / self.study
-
-    @property
-    def storage_url(self) -> str:
-        return self.search.storage or f"sqlite:///{self.study_dir / 'study.db'}"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("source")
-        return d
 
 
 def is_vision_space(space: str) -> bool:
