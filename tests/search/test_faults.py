@@ -26,6 +26,7 @@ from llmnas.search.engine import Objective, prepare_space
 from llmnas.search.storage import StudyLock, fail_lost_trials, worker_gone, worker_id
 from llmnas.search.study import arch_attrs, counted, fail_reason
 from tests.conftest import REPO
+from tests.search.conftest import STARTED
 from tests.search.test_engine import make_recipe
 
 
@@ -37,18 +38,6 @@ def write_recipe(tmp_path: Path, n_trials: int, seconds: float = 1.5, **search) 
     return path
 
 
-STARTED: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def _kill_leftovers():
-    """A failed test must not leave searches running (their process groups are killed whole)."""
-    yield
-    while STARTED:
-        proc = STARTED.pop()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
 
 
 def start_search(recipe: Path, *args: str) -> subprocess.Popen:

@@ -9,9 +9,8 @@ from optuna.trial import TrialState
 from llmnas.search import load_study
 from llmnas.search.storage import HEARTBEAT_ATTR, STALE_REASON, StorageError, make_storage
 from llmnas.search.study import fail_reason
-from tests.search.test_postgres import (  # noqa: F401 - _kill_leftovers: the autouse fixture
+from tests.search.test_postgres import (
     PROXY,
-    _kill_leftovers,
     check_study,
     finish,
     kill,

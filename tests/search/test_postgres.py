@@ -29,6 +29,7 @@ from llmnas.search.engine import Objective, open_study, prepare_space, run_trial
 from llmnas.search.storage import STALE_REASON, StorageError, make_storage, with_reconnect
 from llmnas.search.study import arch_attrs, counted, fail_reason
 from tests.conftest import REPO
+from tests.search.conftest import STARTED
 from tests.search.pg_server import PgServer, free_port, require_driver
 from tests.search.test_engine import make_recipe
 from tests.test_bad_input import BASE, Row, check_row
@@ -45,21 +46,9 @@ n_layers: [1]
 layer:
   n_heads: [2, 4]
 """
-STARTED: list[subprocess.Popen] = []
 #: ``llmnas search`` as on a machine of another name: its trials' workers cannot be checked by pid here.
 OTHER_MACHINE = ("import socket, sys; host = sys.argv.pop(1); socket.gethostname = lambda: host; "
                  "from llmnas.cli import main; sys.exit(main(sys.argv[1:]))")
-
-
-@pytest.fixture(autouse=True)
-def _kill_leftovers():
-    """A failed test must not leave searches running (their process groups are killed whole)."""
-    yield
-    while STARTED:
-        proc = STARTED.pop()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
 
 
 def write_recipe(tmp_path: Path, n_trials: int, seconds: float | None = None, space: str | None = None,
