@@ -22,6 +22,7 @@ import json
 import platform
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -222,6 +223,9 @@ def run_vision_search(recipe: VisionRecipe, *, n_trials: int | None = None, time
     if recipe.truth is not None:
         from llmnas.benchmarks.nb201 import load_nb201
 
+        if not Path(recipe.truth).is_dir():
+            raise RecipeError(f"{recipe.source}: truth={recipe.truth!r}: no such folder (the NAS-Bench-201 tables, "
+                              "e.g. ../shared/data/nasbench201; or null to record no ground truth)")
         table = load_nb201(recipe.truth)
     with accelerator.main_process_first():
         task = VisionTask.from_recipe(recipe)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from llmnas.errors import RecipeError
@@ -148,10 +147,7 @@ def vision_recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> V
     _check_search_numbers(search, source)
     _check_sampler(search, source)
     search = dataclasses.replace(search, objectives=tuple(objectives))
-    truth = data.get("truth")
-    if truth is not None and not Path(truth).is_dir():
-        raise RecipeError(f"{source}: truth={truth!r}: no such folder (the NAS-Bench-201 tables, e.g. "
-                          "../shared/data/nasbench201; or null to record no ground truth)")
+    truth = data.get("truth")  # the folder is checked when a search starts (a recipe loads without it)
     return VisionRecipe(study=data["study"], space=data["space"], data=data_cfg, train=train, search=search,
                         retrain=retrain, truth=truth, description=str(data.get("description", "")),
                         run_dir=str(data.get("run_dir", "runs")), source=source)

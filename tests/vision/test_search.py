@@ -74,7 +74,6 @@ def test_resuming_with_another_budget_is_refused(tiny_folder: Path, tmp_path: Pa
 @pytest.mark.parametrize(("changes", "match"), [
     ({"search": {"objectives": ["val_loss_typo"]}}, "search.objectives"),
     ({"search": {"evaluator": "proxy"}}, "allowed: scratch"),
-    ({"truth": "/nonexistent/tables"}, "truth="),
     ({"train": {"C": 8, "epochs": 0}}, "train.epochs=0"),
     ({"train": {"C": 8, "epochs": 1, "layers": 3}}, "train.layers: unknown key"),
     ({"tokenizer": "byte"}, "unknown key 'tokenizer'"),
@@ -82,6 +81,13 @@ def test_resuming_with_another_budget_is_refused(tiny_folder: Path, tmp_path: Pa
 def test_bad_vision_recipes(tiny_folder: Path, tmp_path: Path, changes: dict, match: str) -> None:
     with pytest.raises(RecipeError, match=match):
         load_recipe(tiny_recipe(tmp_path, tiny_folder, **changes))
+
+
+def test_a_missing_truth_folder_stops_the_search_before_anything_is_written(tiny_folder: Path, tmp_path: Path) -> None:
+    recipe = load_recipe(tiny_recipe(tmp_path, tiny_folder, truth="/nonexistent/tables"))  # loads without it
+    with pytest.raises(RecipeError, match="truth='/nonexistent/tables': no such folder"):
+        run_search(recipe, show_progress=False)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_cli_errors_are_one_line_and_leave_nothing(tmp_path: Path, tiny_folder: Path) -> None:
