@@ -70,21 +70,26 @@ def child_pids(pid: int) -> list[int]:
     return [int(x) for x in out.split()]
 
 
-def check(db: Path, study: str, n_trials: int, completed_before: dict[int, list[float]], killed: list[int]) -> dict:
-    s = load_study(db, study)
+def check(location: str | Path, study: str, n_trials: int, completed_before: dict[int, list[float]],
+          killed: list[int]) -> dict:
+    """What became of the killed trials and of the study (a study folder, ``study.db`` or storage URL); also
+    the benchmark of many workers on one PostgreSQL study or journal file (``eval/scaleout/run.py``) uses it."""
+    s = load_study(location, study)
     by_number = {t.number: t for t in s.trials}
-    kept = sum(by_number[n].values == v for n, v in completed_before.items())
-    failed_with_reason = retried = given_up = 0
+    failed_with_reason = retried = given_up = heartbeat = 0
     for n in killed:
         t = by_number.get(n)
-        if t is None or t.state != TrialState.FAIL or not fail_reason(s, t):
+        reason = fail_reason(s, t) if t is not None else None
+        if t is None or t.state != TrialState.FAIL or not reason:
             continue
         failed_with_reason += 1
+        heartbeat += "heartbeats" in reason
         if any(n in r.system_attrs.get("retry_history", []) for r in s.trials):
             retried += 1
         elif len(t.system_attrs.get("retry_history", [])) >= MAX_RETRIES:
             given_up += 1  # its architecture was lost MAX_RETRIES + 1 times: it stays failed
     counts = counted(s)
+    trained = [t for t in s.trials if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs]
     return {
         "n_trials": n_trials,
         "finished": sum(t.state.is_finished() for t in counts),
@@ -92,13 +97,14 @@ def check(db: Path, study: str, n_trials: int, completed_before: dict[int, list[
         "all_trials": len(s.trials),
         "kills": len(killed),
         "killed_failed_with_reason": failed_with_reason,
+        "killed_failed_by_heartbeat": heartbeat,
         "killed_retried": retried,
         "killed_given_up_after_retries": given_up,
         "completed_before_kills": len(completed_before),
-        "completed_before_kills_unchanged": kept,
+        "completed_before_kills_unchanged": sum(by_number[n].values == v for n, v in completed_before.items()),
+        "architectures_trained_twice": len(trained) - len({t.user_attrs["arch_id"] for t in trained}),
         "exact": len(counts) == n_trials and all(t.state.is_finished() for t in counts),
     }
-
 
 def restart(args: argparse.Namespace, recipe: list[str], db: Path, rng: random.Random) -> dict:
     killed, completed = [], {}

@@ -53,7 +53,19 @@ sys.path.insert(0, str(REPO))
 
 from llmnas.search import load_study  # noqa: E402
 from llmnas.search.storage import MAX_RETRIES  # noqa: E402
-from llmnas.search.study import counted, fail_reason  # noqa: E402
+
+
+def _faults_check():
+    """``check`` of the fault benchmark (``eval/faults/run.py``): the same accounting of killed trials."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_faults_run", REPO / "eval" / "faults" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.check
+
+
+check = _faults_check()
 
 SPACE = """\
 name: scaleout
@@ -239,40 +251,6 @@ def kills(args: argparse.Namespace, storage_for, data: Path, root: Path, rng: ra
                   killed_on_other_machines=len(by_heartbeat_host))
     print("kills:", json.dumps(result), flush=True)
     return result
-
-
-def check(storage: str, name: str, n_trials: int, completed: dict[int, list[float]], killed: list[int]) -> dict:
-    s = load_study(storage, name)
-    by_number = {t.number: t for t in s.trials}
-    failed_with_reason = retried = given_up = heartbeat = 0
-    for n in killed:
-        t = by_number[n]
-        reason = fail_reason(s, t)
-        if t.state != TrialState.FAIL or not reason:
-            continue
-        failed_with_reason += 1
-        heartbeat += "heartbeats" in reason
-        if any(n in r.system_attrs.get("retry_history", []) for r in s.trials):
-            retried += 1
-        elif len(t.system_attrs.get("retry_history", [])) >= MAX_RETRIES:
-            given_up += 1
-    counts = counted(s)
-    trained = [t for t in s.trials if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs]
-    return {
-        "n_trials": n_trials,
-        "finished": sum(t.state.is_finished() for t in counts),
-        "complete": sum(t.state == TrialState.COMPLETE for t in counts),
-        "all_trials": len(s.trials),
-        "kills": len(killed),
-        "killed_failed_with_reason": failed_with_reason,
-        "killed_failed_by_heartbeat": heartbeat,
-        "killed_retried": retried,
-        "killed_given_up_after_retries": given_up,
-        "completed_before_kills": len(completed),
-        "completed_before_kills_unchanged": sum(by_number[n].values == v for n, v in completed.items()),
-        "architectures_trained_twice": len(trained) - len({t.user_attrs["arch_id"] for t in trained}),
-        "exact": len(counts) == n_trials and all(t.state.is_finished() for t in counts),
-    }
 
 
 # ---------------------------------------------------------------------- main
