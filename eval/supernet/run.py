@@ -178,6 +178,7 @@ def stage_finetune(recipe, results: dict, configs: list[tuple[int, float]], out:
     against the 600-step truth. ``--truth`` names the truth's folder for ablation checkpoints."""
     from llmnas.cli.supernet import supernet_dir
     from llmnas.supernet import load_supernet
+    from llmnas.supernet.evaluate import finetune_config
 
     data = prepare_data(recipe.data)
     ckpt = load_supernet(supernet_dir(recipe))
@@ -185,15 +186,13 @@ def stage_finetune(recipe, results: dict, configs: list[tuple[int, float]], out:
     truth = {r["arch_id"]: r["val_loss"] for r in results["scratch"]}
     done = results.setdefault("finetune", {"checkpoint": str(ckpt.path), "checkpoint_id": ckpt.id, "runs": {}})
     runs = done["runs"]
-    lr0 = recipe.train.lr
-    for k, lr in [*configs, *{(k, None) for k, _ in configs}]:  # None: the from-scratch control
+    for k, lr in [*configs, *dict.fromkeys((k, None) for k, _ in configs)]:  # None: the from-scratch control
         name = f"scratch {k} steps" if lr is None else f"supernet + {k} steps at lr {lr:g}"
         rows = runs.setdefault(name, {})
         for arch_id, arch in archs.items():
             if arch_id in rows:
                 continue
-            cfg = recipe.train.replace(max_steps=k, lr_decay_steps=None, eval_interval=None,
-                                       lr=lr or lr0, min_lr=(lr or lr0) / 10, warmup_steps=max(1, k // 10))
+            cfg = finetune_config(recipe.train, k, lr)  # the control: the same schedule at the recipe's lr
             model = None if lr is None else ckpt.net.extract(arch)
             _, r = train(arch, data, cfg, Accelerator(cpu=True), model=model)
             rows[arch_id] = {"val_loss": r.val_loss, "train_seconds": r.train_seconds, "eval_seconds": r.eval_seconds}
