@@ -149,6 +149,16 @@ def test_eight_workers_on_one_postgres_study_make_exactly_n_distinct_trials(tmp_
     assert len({t.user_attrs["worker"] for t in study.trials}) >= 3  # they shared the work
 
 
+def test_thompson_workers_on_one_postgres_study_never_repeat_an_architecture(tmp_path, pg_url) -> None:
+    """The third llmnas sampler (evolution above, REINFORCE on the journal file): Thompson sampling's model is
+    fitted on what every worker has recorded, and it never proposes an architecture already asked."""
+    recipe = write_recipe(tmp_path, n_trials=12, sampler="thompson", **PROXY)
+    finish([start_search(recipe, pg_url), start_search(recipe, pg_url), start_search(recipe, pg_url, "--workers", "2")])
+    study = check_study(pg_url, 12, {}, [])
+    assert len({t.user_attrs["arch_id"] for t in study.trials}) == 12
+    assert len({t.user_attrs["worker"] for t in study.trials}) >= 2
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_repeat_waits_for_the_running_trial_of_its_architecture(tmp_path, pg_url) -> None:
     """A trial whose architecture another worker is training (an earlier trial, still running) waits for it and
