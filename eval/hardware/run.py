@@ -5,7 +5,9 @@ Stages (each writes its own file under ``eval/hardware/results/``; a rerun skips
 1. ``profile``: ``llmnas hw profile`` of ``tiny`` and ``moe`` (200 architectures each, sampled with seed 1; the
    features were tuned on seed 0's sample, which the table does not use): the look-up table, 100 architectures
    to fit, 100 held out; the held-out error for prefill latency, decode throughput, peak memory and training
-   step, with the table alone, FLOPs alone and parameters alone beside it. ``<space>/report.json``.
+   step, with the table alone, FLOPs alone and parameters alone beside it. ``<space>/report.json``. Every chunk
+   of 16 architectures is measured in a fresh process (``Settings.isolate``; ``--no-isolate``: in this one, as
+   the first tables were).
 2. ``noise``: the measurement noise floor. The 100 held-out architectures measured again, in a second pass
    (another order), and compared with the first pass exactly as the predictor is (share within ±10 %,
    Spearman ρ): a predictor cannot agree with a measurement better than two measurements agree. And one
@@ -24,6 +26,7 @@ Every table is printed as Markdown and written to ``results/README.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -43,7 +46,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 SETTINGS = Settings(batch_size=1, prompt_len=64, new_tokens=32, train_batch_size=4, train_seq_len=128, repeats=15,
                     train_repeats=3, warmup=2, threads=1)
-N, SEED = 200, 1
+N = 200
+SEED = 1  # --seed
 
 
 def log(msg: str) -> None:
@@ -117,7 +121,10 @@ def markdown(out: Path) -> str:
     lines = ["# Hardware-aware search results", "",
              f"Machine: {describe_device('cpu', 1)['cpu_model']}, {describe_device('cpu')['cpu_count']} cores "
              f"(shared with other jobs), torch {torch.__version__}, Python {platform.python_version()}; "
-             "measured with `taskset -c 1` and one torch thread.", ""]
+             "measured with `taskset -c 1` and one torch thread"
+             + (", each chunk of architectures in a fresh process" if SETTINGS.isolate else "")
+             + f"; sample seed {SEED}.",
+             ""]
     lines += ["## Predictor error on held-out architectures", "",
               "| space | target | n | within ±10 % | within ±20 % | Spearman ρ | mean abs. rel. err. | "
               "retest: within ±10 % / ρ | table alone: ±10 % / ρ | ρ FLOPs alone | ρ params alone |",
@@ -166,7 +173,13 @@ def main() -> int:
     parser.add_argument("--spaces", default="tiny,moe")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--search-trials", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=1, help="sample of the profile stage (1: the first tables; 2: a "
+                        "fresh sample for the fresh-process measurements)")
+    parser.add_argument("--no-isolate", action="store_true", help="measure in this process (the first tables)")
     args = parser.parse_args()
+    global SEED, SETTINGS
+    SEED = args.seed
+    SETTINGS = dataclasses.replace(SETTINGS, isolate=not args.no_isolate)
     torch.set_num_threads(1)
     stages = args.stages.split(",")
     for space_name in args.spaces.split(","):

@@ -47,6 +47,9 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-seq-len", type=int, default=None)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads while measuring (default 1)")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--no-isolate", dest="isolate", action="store_false",
+                   help="measure in this process instead of a fresh one per chunk of architectures (quicker to "
+                        "start; what the process ran before can then change the figures)")
 
 
 def _settings(args: argparse.Namespace):
@@ -54,7 +57,7 @@ def _settings(args: argparse.Namespace):
 
     return Settings(batch_size=args.batch_size, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                     repeats=args.repeats, train_repeats=args.train_repeats, train_seq_len=args.train_seq_len,
-                    threads=args.threads, dtype=args.dtype)
+                    threads=args.threads, dtype=args.dtype, isolate=args.isolate)
 
 
 def profile(args: argparse.Namespace) -> int:

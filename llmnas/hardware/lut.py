@@ -23,7 +23,7 @@ import torch
 
 from llmnas.hardware.cache import KVCache, attention_step, embed, ffn_step, head
 from llmnas.hardware.device import resolve_dtype
-from llmnas.hardware.measure import Settings, timer, torch_threads
+from llmnas.hardware.measure import Settings, in_fresh_process, timer, torch_threads
 from llmnas.models.decoder import AttentionContext, Block, Decoder
 from llmnas.space.arch import Architecture, BlockSpec, _block_to_dict
 
@@ -99,31 +99,36 @@ def measure_parts(parts: dict[str, Architecture], device: torch.device, settings
                   chunk: int = 256, inner: int = 3,
                   progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, float]]:
     """``{key: {"prefill": ms, "decode": ms}}`` for each part: medians over ``settings.repeats`` shuffled rounds
-    of ``inner`` calls each (divided by ``inner``), after ``settings.warmup`` untimed calls."""
-    time_it = timer(device, settings.clock_for(device))
+    of ``inner`` calls each (divided by ``inner``), after ``settings.warmup`` untimed calls; each chunk of parts
+    in a fresh process when ``settings.isolate``."""
     out: dict[str, dict[str, float]] = {}
     keys = sorted(parts)
+    for first in range(0, len(keys), chunk):
+        args = ({k: parts[k] for k in keys[first : first + chunk]}, device, settings, seed + first, inner)
+        out.update(in_fresh_process(_measure_parts_chunk, *args) if settings.isolate else _measure_parts_chunk(*args))
+        if progress is not None:
+            progress(min(first + chunk, len(keys)), len(keys))
+    return out
+
+
+def _measure_parts_chunk(parts: dict[str, Architecture], device: torch.device, settings: Settings, seed: int,
+                         inner: int) -> dict[str, dict[str, float]]:
+    time_it = timer(device, settings.clock_for(device))
     rng = random.Random(seed)
     with torch_threads(settings.threads), torch.no_grad():
-        for first in range(0, len(keys), chunk):
-            group = [_Part(k, parts[k], device, settings, seed + first + i)
-                     for i, k in enumerate(keys[first : first + chunk])]
-            times: dict[tuple[str, str], list[float]] = {(p.key, m): [] for p in group for m in MODES}
-            for p in group:
-                for m in MODES:
-                    for _ in range(settings.warmup):
-                        p.calls[m]()
-            jobs = [(p, m) for p in group for m in MODES]
-            for _ in range(settings.repeats):
-                rng.shuffle(jobs)
-                for p, m in jobs:
-                    call = p.calls[m]
-                    times[(p.key, m)].append(1e3 * time_it(lambda call=call: [call() for _ in range(inner)])[0] / inner)
-            for p in group:
-                out[p.key] = {m: sorted(times[(p.key, m)])[len(times[(p.key, m)]) // 2] for m in MODES}
-            if progress is not None:
-                progress(min(first + chunk, len(keys)), len(keys))
-    return out
+        group = [_Part(k, parts[k], device, settings, seed + i) for i, k in enumerate(sorted(parts))]
+        times: dict[tuple[str, str], list[float]] = {(p.key, m): [] for p in group for m in MODES}
+        for p in group:
+            for m in MODES:
+                for _ in range(settings.warmup):
+                    p.calls[m]()
+        jobs = [(p, m) for p in group for m in MODES]
+        for _ in range(settings.repeats):
+            rng.shuffle(jobs)
+            for p, m in jobs:
+                call = p.calls[m]
+                times[(p.key, m)].append(1e3 * time_it(lambda call=call: [call() for _ in range(inner)])[0] / inner)
+        return {p.key: {m: sorted(times[(p.key, m)])[len(times[(p.key, m)]) // 2] for m in MODES} for p in group}
 
 
 def lut_sum(arch: Architecture, table: dict[str, dict[str, float]], mode: str) -> float:

@@ -10,9 +10,10 @@ from llmnas.hardware import LatencyPredictor, Settings, profile_space
 from llmnas.space import load_space
 from tests.conftest import MICRO_SPACE
 
-#: Few repeats and short sequences: the tests check behaviour, not precision.
+#: Few repeats and short sequences, in the tests' own process: the tests check behaviour, not precision (a
+#: fresh measuring process, the default, is tested on its own in test_measure.py).
 QUICK = Settings(batch_size=1, prompt_len=8, new_tokens=4, train_batch_size=2, train_seq_len=16, repeats=3,
-                 train_repeats=1, warmup=1)
+                 train_repeats=1, warmup=1, isolate=False)
 
 
 @pytest.fixture(scope="session")

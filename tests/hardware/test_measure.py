@@ -48,6 +48,34 @@ def test_peak_memory_counts_weights_cache_and_training_state() -> None:
     assert bigger.peak_memory_mb > 4 * a.peak_memory_mb
 
 
+def test_isolated_measurement_runs_each_chunk_in_a_fresh_process() -> None:
+    """The default (``isolate``): each chunk is measured in a spawned process; the figures come back whole (peak
+    memory, exact, equals the in-process figure), in order, and the LUT's parts are measured the same way."""
+    import os
+
+    from llmnas.hardware.lut import measure_parts, parts_of
+    from llmnas.hardware.measure import in_fresh_process
+
+    assert Settings().isolate
+    assert in_fresh_process(os.getpid) != os.getpid()
+    archs = [decoder(32, 1), decoder(64, 2), decoder(32, 2)]
+    settings = dataclasses.replace(QUICK, isolate=True, train_repeats=0)
+    isolated = measure_many(archs, "cpu", settings, chunk=2)
+    here = measure_many(archs, "cpu", dataclasses.replace(settings, isolate=False), chunk=2)
+    assert [m.arch_id for m in isolated] == [a.id for a in archs]
+    assert [m.peak_memory_mb for m in isolated] == [m.peak_memory_mb for m in here]
+    assert all(m.settings.isolate and m.prefill_ms.n == QUICK.repeats for m in isolated)
+    table = measure_parts(parts_of(archs[:1]), torch.device("cpu"), settings)
+    assert table and all(v["prefill"] > 0 and v["decode"] > 0 for v in table.values())
+
+
+def test_an_error_in_the_measuring_process_is_raised_here() -> None:
+    from llmnas.hardware.measure import in_fresh_process
+
+    with pytest.raises(HardwareError, match="unknown device"):
+        in_fresh_process(describe_device, "tpu")
+
+
 def test_a_larger_model_takes_longer_and_serves_fewer_tokens() -> None:
     settings = dataclasses.replace(QUICK, repeats=5, train_repeats=0, memory=False)
     small, large = measure_many([decoder(32, 1), decoder(256, 6)], "cpu", settings)
