@@ -1,4 +1,4 @@
-"""NAS-Bench-201 one-shot search on real CIFAR-10: DARTS, GDAS, ENAS and SPOS, found cells looked up in the table.
+"""NAS-Bench-201 one-shot search on real CIFAR-10: DARTS, GDAS, ENAS, SPOS, DrNAS, found cells looked up in the table.
 
 Each stage is one ``llmnas bench nb201-oneshot`` invocation (results under ``eval/nb201_oneshot/results/``):
 
@@ -8,11 +8,15 @@ Each stage is one ``llmnas bench nb201-oneshot`` invocation (results under ``eva
 - ``tune`` -- the same on seed 100 (never reported), for choosing settings: ``results/tune/``.
 - ``collapse1000``, ``collapse500`` -- DARTS alone, seed 0, 20 epochs on 1,000 images / 40 epochs on 500 images,
   architecture lr 1e-2: the onset of DARTS's collapse toward parameter-free ops (``results/darts_collapse*/``).
+- ``drnas`` -- DrNAS alone on the CPU protocol (2 epochs, as DARTS: every step mixes all five ops), seeds 0-2, one
+  search at a time, one torch thread: ``results/drnas/``; ``drnas_tune`` -- the same on seed 100 (never reported):
+  ``results/drnas_tune/``.
 - ``gpu`` -- NAS-Bench-201's own protocol (C = 16, N = 5, 50 epochs on the full 25,000 + 25,000 images,
   architecture Adam 3e-4) from ``gpu.yaml``; needs a CUDA device (not run here).
 
     python eval/nb201_oneshot/run.py                    # stage cpu (about 1-1.5 hours on 2 shared cores)
     python eval/nb201_oneshot/run.py --stages tune
+    python eval/nb201_oneshot/run.py --stages drnas     # DrNAS, seeds 0-2 (about 20-30 minutes on one idle core)
     python eval/nb201_oneshot/run.py --stages gpu       # on a machine with a GPU
 """
 
@@ -37,20 +41,24 @@ STAGES = {
     "collapse500": ["--seeds", "1", "--seed", "0", "--set", "train_images=500", "--set", "valid_images=500",
                     "--set", "epochs={darts: 40}", "--set", "arch_lr=0.01", "--set", "snapshots_per_epoch=1",
                     "--out", str(RESULTS / "darts_collapse_500")],
+    "drnas": ["--seeds", "3", "--seed", "0", "--out", str(RESULTS / "drnas")],
+    "drnas_tune": ["--seeds", "1", "--seed", "100", "--out", str(RESULTS / "drnas_tune")],
 }
-DARTS_ONLY = ("collapse1000", "collapse500")
+#: stages that run one strategy whatever --strategies says
+ONLY = {"collapse1000": "darts", "collapse500": "darts", "drnas": "drnas", "drnas_tune": "drnas"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", default="cpu", help=f"comma list of {', '.join(STAGES)} (default cpu)")
-    parser.add_argument("--strategies", default="darts,gdas,enas,spos")
+    parser.add_argument("--strategies", default="darts,gdas,enas,spos",
+                        help="for the cpu, tune and gpu stages (default darts,gdas,enas,spos: the reported table)")
     parser.add_argument("--resume", action="store_true", help="keep finished runs with the same settings")
     args = parser.parse_args(argv)
     for stage in (s.strip() for s in args.stages.split(",") if s.strip()):
         if stage not in STAGES:
             parser.error(f"unknown stage {stage!r} (allowed: {', '.join(STAGES)})")
-        strategies = "darts" if stage in DARTS_ONLY else args.strategies
+        strategies = ONLY.get(stage, args.strategies)
         code = llmnas(["bench", "nb201-oneshot", "--strategies", strategies, *STAGES[stage],
                        *(["--resume"] if args.resume else [])])
         if code:

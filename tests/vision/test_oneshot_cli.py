@@ -63,7 +63,8 @@ def test_cli_writes_table_json_and_png(paths, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--strategies", "darts,bogus"], "unknown one-shot strategy 'bogus' (allowed: darts, gdas, enas, spos)"),
+        (["--strategies", "darts,bogus"],
+         "unknown one-shot strategy 'bogus' (allowed: darts, gdas, enas, spos, drnas)"),
         (["--strategies", ","], "names no strategy"),
         (["--seeds", "0"], "--seeds 0: need at least 1"),
         (["--seeds", "-2"], "--seeds -2: need at least 1"),
@@ -71,6 +72,7 @@ def test_cli_writes_table_json_and_png(paths, tmp_path, capsys):
         (["--set", "lr"], "--set 'lr' must read KEY=VALUE"),
         (["--set", "wings=2"], "unknown one-shot setting 'wings'"),
         (["--set", "epochs={darts: 0}"], "epochs: darts=0"),
+        (["--set", "drnas_reg=l1"], "drnas_reg='l1' is not a DrNAS regulariser (allowed: l2, kl)"),
         (["--protocol", "tpu"], "--protocol 'tpu' is not a protocol (allowed: cpu, gpu)"),
         (["--images", "/nonexistent/cifar.tar.gz"], "/nonexistent/cifar.tar.gz does not exist"),
         (["--report"], "runs.json does not exist (run the benchmark first)"),

@@ -14,7 +14,7 @@ from llmnas.vision.oneshot.supernet import CellSuperNet
 
 TINY = dict(C=2, N=1, train_images=96, valid_images=96, batch_size=32, eval_images=64, bn_batches=1,
             search_trials=4, population_size=2, sample_size=1, fidelity_cells=5, final_samples=2,
-            controller_every=1, epochs={"darts": 1, "gdas": 1, "enas": 1, "spos": 1})
+            controller_every=1, epochs={"darts": 1, "gdas": 1, "enas": 1, "spos": 1, "drnas": 1})
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +72,13 @@ def test_gdas_temperature_anneals_and_samples_one_op_per_edge(batches):
     assert sample.weights.sum(-1).detach().allclose(torch.ones(6)) and len(sample.index) == 6
 
 
-@pytest.mark.parametrize("strategy", ["darts", "gdas", "enas", "spos"])
+@pytest.mark.parametrize("strategy", ["darts", "gdas", "enas", "spos", "drnas"])
 def test_each_strategy_searches_end_to_end(cifar, strategy):
     cfg = OneShotConfig(**TINY)
     result = run_search(strategy, cifar, cfg, seed=3)
     cell = NB201Cell.from_str(result.cell)
     assert result.steps == 3 and len(result.history) >= 1
-    if strategy in ("darts", "gdas"):
+    if strategy in ("darts", "gdas", "drnas"):
         w = torch.tensor(result.extra["final_weights"])
         assert w.shape == (6, 5) and NB201Cell(tuple(("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3",
                                                       "avg_pool_3x3")[i] for i in w.argmax(-1))) == cell

@@ -26,7 +26,10 @@ from llmnas.space.nb201 import NB201Cell
 from llmnas.vision.oneshot.config import STRATEGIES, OneShotConfig
 from llmnas.vision.oneshot.supernet import PARAMETER_FREE
 
-TITLES = {"darts": "DARTS (first order)", "gdas": "GDAS", "enas": "ENAS", "spos": "SPOS + evolution"}
+TITLES = {"darts": "DARTS (first order)", "gdas": "GDAS", "enas": "ENAS", "spos": "SPOS + evolution",
+          "drnas": "DrNAS (Dirichlet)"}
+#: Strategies whose runs end with ``(6, 5)`` op weights (softmax; DrNAS: the Dirichlet mean).
+WEIGHTED = ("darts", "gdas", "drnas")
 
 #: Published NAS-Bench-201 rows (200-epoch test accuracy %, mean ± std; CIFAR-10 / CIFAR-100 / ImageNet16-120).
 PUBLISHED: list[tuple[str, tuple[tuple[float, float], ...], str]] = [
@@ -122,7 +125,7 @@ def run_bench(
     cfg_dict = cfg.to_dict()
     runs: list[dict[str, Any]] = []
     if resume and path.exists():
-        runs = [r for r in json.loads(path.read_text())["runs"] if r["config"] == cfg_dict]
+        runs = [r for r in json.loads(path.read_text())["runs"] if same_settings(r["config"], cfg_dict)]
         log(f"resuming: {len(runs)} finished run(s) in {path}")
     done = {(r["strategy"], r["seed"]) for r in runs}
     todo = [(s, seed) for seed in seeds for s in strategies if (s, seed) not in done]  # every strategy early
@@ -151,6 +154,13 @@ def run_bench(
     order = {(s, seed): i for i, (s, seed) in enumerate((s, seed) for s in strategies for seed in seeds)}
     kept = [r for r in runs if (r["strategy"], r["seed"]) in order]
     return sorted(kept, key=lambda r: order[(r["strategy"], r["seed"])])
+
+
+def same_settings(stored: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether a finished run's settings are ``current``'s. Settings added since the run was made (absent from
+    its stored config, e.g. the DrNAS ones, or epochs of a strategy that did not exist yet) do not count."""
+    filled = {**current, **stored, "epochs": {**current.get("epochs", {}), **stored.get("epochs", {})}}
+    return filled == current
 
 
 def _write_json(path: Path, runs: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
@@ -210,22 +220,29 @@ def fidelity_table(fid: dict[str, Any] | None) -> str:
 
 
 def weights_table(runs: list[dict[str, Any]]) -> str:
-    """DARTS's and GDAS's final op weights (softmax), mean over edges and seeds, and how far they moved."""
+    """DARTS's, GDAS's and DrNAS's final op weights (softmax; DrNAS: Dirichlet mean), mean over edges and seeds,
+    and how far they moved (DrNAS also: the sum of its concentration per edge)."""
     from llmnas.space.nb201 import OPS
 
     rows = []
-    for s in ("darts", "gdas"):
+    for s in WEIGHTED:
         ws = [np.asarray(r["extra"]["final_weights"]) for r in runs if r["strategy"] == s]
         if not ws:
             continue
         w = np.stack(ws)  # (seeds, 6, 5)
         spread = float(np.mean(w.max(-1) - w.min(-1)))
-        rows.append(f"| {TITLES[s]} | " + " | ".join(f"{v:.3f}" for v in w.mean((0, 1)))
-                    + f" | {spread:.3f} |")
+        betas = [np.asarray(r["extra"]["final_concentration"]) for r in runs
+                 if r["strategy"] == s and "final_concentration" in r["extra"]]
+        rows.append((f"| {TITLES[s]} | " + " | ".join(f"{v:.3f}" for v in w.mean((0, 1))) + f" | {spread:.3f} |",
+                     f" {float(np.mean([b.sum(-1) for b in betas])):.3f} |" if betas else " |"))
     if not rows:
         return ""
+    dirichlet = any(tail != " |" for _, tail in rows)
     head = "| strategy | " + " | ".join(OPS) + " | largest − smallest weight on an edge (mean) |"
-    return "\n".join([head, "|" + "---|" * (len(OPS) + 2), *rows])
+    if dirichlet:
+        head += " DrNAS concentration: sum of β on an edge (mean; 5 at the start) |"
+    lines = [row + (tail if dirichlet else "") for row, tail in rows]
+    return "\n".join([head, "|" + "---|" * (len(OPS) + 2 + dirichlet), *lines])
 
 
 def write_outputs(runs: list[dict[str, Any]], table: NB201Table, strategies: Sequence[str], cfg: OneShotConfig,
@@ -238,11 +255,15 @@ def write_outputs(runs: list[dict[str, Any]], table: NB201Table, strategies: Seq
         "# NAS-Bench-201 one-shot search on CIFAR-10 (found cells looked up in the 200-epoch table)",
         f"Protocol: C = {c['C']}, N = {c['N']}, epochs {c['epochs']}, {c['train_images'] or 25000} training / "
         f"{c['valid_images'] or 25000} validation images of NAS-Bench-201's halves, batch {c['batch_size']}, "
-        f"{c['threads']} thread(s). " + ", ".join(f"{k}: {v}" for k, v in extra.items()),
+        f"{c['threads']} thread(s). "
+        + (f"DrNAS: Adam lr {c['arch_lr']} on alpha, regulariser {c['drnas_reg']} × {c['drnas_reg_scale']} on the "
+           "concentration. " if "drnas" in strategies else "")
+        + ", ".join(f"{k}: {v}" for k, v in extra.items()),
         summary_table(runs, table, strategies),
         "## Found cells",
         cells_table(runs),
-        *(["## Architecture weights at the end of the search (softmax; mean over edges and seeds; uniform = 0.200)",
+        *(["## Architecture weights at the end of the search (softmax, DrNAS: Dirichlet mean; mean over edges and "
+           "seeds; uniform = 0.200)",
             weights_table(runs)] if weights_table(runs) else []),
         *(["## Inherited-weight ranking fidelity (SPOS supernet, BN recalibrated per cell)",
            f"{c['fidelity_cells']} random cells fixed by seed {c['fidelity_seed']}, scored on {c['eval_images']} "
@@ -276,13 +297,13 @@ def plot(runs: list[dict[str, Any]], strategies: Sequence[str], path: Path) -> N
     for ax, s in zip(axes[0], shown, strict=False):
         run = next(r for r in runs if r["strategy"] == s)
         hist = run["history"]
-        if s in ("darts", "gdas"):
+        if s in WEIGHTED:
             epochs = [h["epoch"] for h in hist]
             w = np.asarray([h["weights"] for h in hist])  # (T, 6, 5)
             for k, op in enumerate(OPS):
                 ax.plot(epochs, w[:, :, k].mean(1), label=op)
             ax.set_xlabel("epoch")
-            ax.set_ylabel("op weight (softmax, mean over edges)")
+            ax.set_ylabel("op weight (" + ("Dirichlet mean" if s == "drnas" else "softmax") + ", mean over edges)")
             ax.legend(fontsize=7)
         elif s == "enas":
             rewards = np.asarray(run["extra"].get("rewards", []), dtype=float)

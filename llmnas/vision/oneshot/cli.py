@@ -1,10 +1,12 @@
-"""``llmnas bench nb201-oneshot``: DARTS, GDAS, ENAS and SPOS on a NAS-Bench-201 cell supernet trained on CIFAR-10.
+"""``llmnas bench nb201-oneshot``: DARTS, GDAS, ENAS, SPOS and DrNAS on a NAS-Bench-201 cell supernet trained on
+CIFAR-10.
 
 Examples::
 
     llmnas bench nb201-oneshot --strategies darts,gdas,enas,spos --seeds 3 --out runs/oneshot   # CPU protocol
     llmnas bench nb201-oneshot --protocol gpu --seeds 3 --out runs/oneshot_gpu   # NAS-Bench-201's C=16, N=5, 50 epochs
     llmnas bench nb201-oneshot --strategies gdas --seeds 1 --seed 100 --set arch_lr=1e-3 --out /tmp/tune   # tuning
+    llmnas bench nb201-oneshot --strategies drnas --seeds 3 --out runs/drnas   # DrNAS alone
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import yaml
 
 from llmnas.errors import RecipeError
+from llmnas.vision.oneshot.config import STRATEGIES
 
 DEFAULT_IMAGES = Path(
     os.environ.get("LLMNAS_SHARED_DATA", Path(__file__).resolve().parents[4] / "shared" / "data")
@@ -29,13 +32,14 @@ PROTOCOLS = ("cpu", "gpu")
 def register(cmds: argparse._SubParsersAction, table_default: Path) -> None:
     o = cmds.add_parser(
         "nb201-oneshot",
-        help="NAS-Bench-201 one-shot search on real CIFAR-10 (DARTS, GDAS, ENAS, SPOS), found cells looked up",
+        help="NAS-Bench-201 one-shot search on real CIFAR-10 (DARTS, GDAS, ENAS, SPOS, DrNAS), found cells looked up",
         description="Train a weight-shared NAS-Bench-201 cell supernet on CIFAR-10's training half with each "
         "strategy, look the found cell up in the 200-epoch table (CIFAR-10, CIFAR-100, ImageNet16-120) and write "
         "a Markdown table (mean ± std over seeds, beside the published rows), a JSON of every run and a PNG into "
         "--out. SPOS runs also report the supernet's ranking fidelity (Kendall tau over fixed random cells).",
     )
-    o.add_argument("--strategies", default="darts,gdas,enas,spos", help="comma list of darts, gdas, enas, spos")
+    o.add_argument("--strategies", default=",".join(STRATEGIES),
+                   help=f"comma list of {', '.join(STRATEGIES)} (default: all)")
     o.add_argument("--seeds", type=int, default=3, help="runs per strategy (default 3)")
     o.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     o.add_argument("--images", type=Path, default=DEFAULT_IMAGES,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from llmnas.errors import RecipeError
 
-STRATEGIES = ("darts", "gdas", "enas", "spos")
+STRATEGIES = ("darts", "gdas", "enas", "spos", "drnas")
+DRNAS_REGULARISERS = ("l2", "kl")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,8 +33,14 @@ class OneShotConfig:
     weight_decay: float = 5e-4
     grad_clip: float = 5.0
     arch_lr: float = 3e-3
-    """Adam step of DARTS's and GDAS's architecture logits (NAS-Bench-201: 3e-4 over 50 epochs)."""
+    """Adam step of DARTS's, GDAS's and DrNAS's architecture parameters (NAS-Bench-201: 3e-4 over 50 epochs)."""
     arch_weight_decay: float = 1e-3
+    """Adam weight decay of DARTS's and GDAS's logits (DrNAS uses its own regulariser instead, ``drnas_reg``)."""
+    drnas_reg: str = "l2"
+    """DrNAS's regulariser on the Dirichlet concentration beta: ``l2`` (``drnas_reg_scale / 2 * ||beta - 1||^2``,
+    DrNAS's NAS-Bench-201 setting) or ``kl`` (``drnas_reg_scale * KL(Dir(beta) || Dir(1))``)."""
+    drnas_reg_scale: float = 1e-3
+    """Its scale (DrNAS on NAS-Bench-201: 1e-3; ``0`` switches it off)."""
     tau_max: float = 10.0
     """GDAS's Gumbel-softmax temperature, annealed linearly from ``tau_max`` to ``tau_min``."""
     tau_min: float = 0.1
@@ -70,6 +78,12 @@ class OneShotConfig:
                 raise RecipeError(f"one-shot setting {name}={getattr(self, name)} must be 0 or more")
         if self.sample_size > self.population_size:
             raise RecipeError(f"sample_size={self.sample_size} must not exceed population_size={self.population_size}")
+        if self.drnas_reg not in DRNAS_REGULARISERS:
+            raise RecipeError(f"drnas_reg={self.drnas_reg!r} is not a DrNAS regulariser (allowed: "
+                              f"{', '.join(DRNAS_REGULARISERS)})")
+        if not isinstance(self.drnas_reg_scale, int | float) or not math.isfinite(self.drnas_reg_scale) \
+                or self.drnas_reg_scale < 0:
+            raise RecipeError(f"drnas_reg_scale={self.drnas_reg_scale!r} must be a finite number, 0 or more")
         if not 0 < self.tau_min <= self.tau_max:
             raise RecipeError(f"tau_min={self.tau_min}, tau_max={self.tau_max}: need 0 < tau_min <= tau_max")
         for name, n in (self.epochs or {}).items():
@@ -99,11 +113,13 @@ class OneShotConfig:
 
 
 #: Search epochs of the CPU protocol: a few minutes per search on one idle thread (DARTS runs all five ops
-#: on every edge, about 5x the cost of a single-path step, so it gets fewer epochs).
-CPU_EPOCHS = {"darts": 2, "gdas": 5, "enas": 5, "spos": 6}
+#: on every edge, about 5x the cost of a single-path step, so it gets fewer epochs; so does DrNAS, which mixes all
+#: five ops under a Dirichlet sample).
+CPU_EPOCHS = {"darts": 2, "gdas": 5, "enas": 5, "spos": 6, "drnas": 2}
 
-#: NAS-Bench-201's own search protocol (C = 16, N = 5, 50 epochs on the full halves, batch 64, arch lr 3e-4).
+#: NAS-Bench-201's own search protocol (C = 16, N = 5, 50 epochs on the full halves, batch 64, arch lr 3e-4);
+#: DrNAS with its own NAS-Bench-201 setting: 100 epochs, L2 regulariser 1e-3 (the defaults above).
 GPU_PROTOCOL = {
-    "C": 16, "N": 5, "epochs": {s: 50 for s in STRATEGIES}, "train_images": 0, "valid_images": 0,
+    "C": 16, "N": 5, "epochs": {**{s: 50 for s in STRATEGIES}, "drnas": 100}, "train_images": 0, "valid_images": 0,
     "batch_size": 64, "arch_lr": 3e-4, "eval_images": 5_000, "bn_batches": 4, "threads": 4, "device": "cuda",
 }

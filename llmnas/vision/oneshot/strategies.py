@@ -15,6 +15,12 @@ parameters, updates them on batches of the validation half; :meth:`Strategy.fini
 - :class:`Spos`: single-path one-shot (Guo et al., 2020): uniform random paths during training; then
   regularized evolution (:class:`~llmnas.samplers.RegularizedEvolutionSampler`) searches with inherited
   weights and per-cell BatchNorm recalibration.
+- :class:`Drnas`: DrNAS (Chen et al., ICLR 2021): each edge's op weights are a Dirichlet random variable
+  with concentration ``beta = elu(alpha) + 1``; every forward (weight and architecture step) mixes all five
+  ops under a reparameterised sample, the concentration takes Adam steps on the validation loss plus a
+  regulariser on ``beta`` (L2 toward the uniform anchor ``beta = 1``, scale 1e-3, or a KL to ``Dir(1)``);
+  the found cell is the argmax of the Dirichlet mean per edge. (DrNAS's progressive learning with partial
+  channels is not implemented: the CPU supernet is small enough to run all channels.)
 """
 
 from __future__ import annotations
@@ -125,10 +131,17 @@ class _ArchLogits(Strategy):
         """One Adam step of the logits on a validation batch; the shared weights get no gradient from it."""
         x, y = batch
         loss = F.cross_entropy(self.net(x, arch), y)
+        penalty = self.arch_penalty()
+        if penalty is not None:
+            loss = loss + penalty
         (grad,) = torch.autograd.grad(loss, [self.alpha])
         self.arch_optimizer.zero_grad(set_to_none=True)
         self.alpha.grad = grad
         self.arch_optimizer.step()
+
+    def arch_penalty(self) -> torch.Tensor | None:
+        """A term added to the validation loss of the architecture step (none for DARTS and GDAS)."""
+        return None
 
     def op_weights(self) -> torch.Tensor:
         return self.alpha.detach().softmax(-1)
@@ -175,6 +188,60 @@ class Gdas(_ArchLogits):
 
     def snapshot(self) -> dict[str, Any]:
         return {**super().snapshot(), "tau": round(self.tau(), 4)}
+
+
+class Drnas(_ArchLogits):
+    """DrNAS: ``alpha`` parameterises a Dirichlet per edge; op weights are samples from it."""
+
+    name = "drnas"
+
+    def __init__(self, net: CellSuperNet, cfg: OneShotConfig, seed: int, total_steps: int) -> None:
+        super().__init__(net, cfg, seed, total_steps)
+        # DrNAS regularises the concentration with its own term (arch_penalty), not with Adam's weight decay
+        for group in self.arch_optimizer.param_groups:
+            group["weight_decay"] = 0.0
+        self.anchor = torch.ones_like(self.alpha)
+        """DrNAS's anchor: the uniform Dirichlet ``Dir(1)``, the concentration at ``alpha = 0``."""
+
+    def concentration(self) -> torch.Tensor:
+        """``beta = elu(alpha) + 1`` (positive; differentiable in ``alpha``)."""
+        return F.elu(self.alpha) + 1
+
+    def sample(self) -> torch.Tensor:
+        """``(6, 5)`` op weights drawn by ``Dirichlet(beta).rsample()`` (pathwise gradient to ``alpha``), from
+        the global torch generator (``run_search`` seeds it; ``torch._sample_dirichlet`` takes no other)."""
+        return torch.distributions.Dirichlet(self.concentration()).rsample()
+
+    def arch_penalty(self) -> torch.Tensor | None:
+        scale = self.cfg.drnas_reg_scale
+        if scale == 0:
+            return None
+        beta = self.concentration()
+        if self.cfg.drnas_reg == "kl":
+            dist = torch.distributions
+            return scale * dist.kl_divergence(dist.Dirichlet(beta), dist.Dirichlet(self.anchor)).sum()
+        # gradient scale * (beta - 1): the public code's Adam weight decay on alpha wherever alpha >= 0
+        return 0.5 * scale * (beta - self.anchor).pow(2).sum()
+
+    def op_weights(self) -> torch.Tensor:
+        """The Dirichlet mean ``beta / sum(beta)`` per edge (its argmax is the found cell)."""
+        beta = self.concentration().detach()
+        return beta / beta.sum(-1, keepdim=True)
+
+    def step(self, train: Batch, valid: Batch | None) -> tuple[float, float]:
+        assert valid is not None
+        self.arch_step(valid, self.sample())
+        with torch.no_grad():
+            weights = self.sample()  # a fresh sample for the weight step, no graph to alpha
+        return self.weight_step(train, weights)
+
+    def snapshot(self) -> dict[str, Any]:
+        beta = self.concentration().detach()
+        return {**super().snapshot(), "concentration": [[round(float(b), 5) for b in row] for row in beta]}
+
+    def finish(self, scorer: CellScorer) -> tuple[NB201Cell, dict[str, Any]]:
+        cell, extra = super().finish(scorer)
+        return cell, {**extra, "final_concentration": self.concentration().detach().tolist()}
 
 
 class Enas(Strategy):
@@ -249,4 +316,4 @@ def fidelity_cells(n: int, seed: int) -> list[NB201Cell]:
     return [NB201Cell.from_code(int(c)) for c in codes]
 
 
-STRATEGY_CLASSES: dict[str, type[Strategy]] = {s.name: s for s in (Darts, Gdas, Enas, Spos)}
+STRATEGY_CLASSES: dict[str, type[Strategy]] = {s.name: s for s in (Darts, Gdas, Enas, Spos, Drnas)}
