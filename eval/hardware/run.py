@@ -13,7 +13,11 @@ Stages (each writes its own file under ``eval/hardware/results/``; a rerun skips
    Spearman ρ): a predictor cannot agree with a measurement better than two measurements agree. And one
    architecture (the median-size held-out one) measured 10 times: the spread of its medians.
    ``<space>/noise.json``.
-3. ``search``: validation loss against decode tokens/s on the stdlib corpus (the quickstart recipe's data and
+3. ``drift`` (``moe`` only): why measurements are taken in fresh processes. The median-size held-out
+   architecture's prompt timed 200 times in this process, then again after 32 other architectures were measured
+   in it (``isolate: false``) with their training steps, and after 32 more without training steps (each pass a
+   fresh model, median of the 200 calls). ``moe/drift.json``.
+4. ``search``: validation loss against decode tokens/s on the stdlib corpus (the quickstart recipe's data and
    budget), NSGA-II, decode throughput predicted by the ``tiny`` predictor of stage 1; the Pareto front
    plotted (``search/pareto.png``, ``.html``) and every front point measured again. ``search/search.json``.
 
@@ -111,6 +115,44 @@ def stage_noise(space_name: str, out: Path) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def stage_drift(space_name: str, out: Path) -> None:
+    """Time one architecture's prompt in a fresh process, then after other architectures were measured in it.
+
+    Run as its own process (``--stages drift``): the first pass must be the process's first measurement."""
+    from llmnas.hardware.measure import Workloads
+
+    folder = out / space_name
+    path = folder / "drift.json"
+    if path.exists():
+        log(f"drift {space_name}: done before ({path})")
+        return
+    archs, _ = held_out(folder)
+    sizes = [a.param_counts().total for a in archs]
+    pick = archs[int(np.argsort(sizes)[len(sizes) // 2])]
+    others = [a for a in archs if a.id != pick.id]
+
+    def prompt_ms(calls: int = 200) -> float:
+        w = Workloads(pick, torch.device("cpu"), SETTINGS, seed=5)
+        times = []
+        with torch.no_grad():
+            for _ in range(calls):
+                c0 = time.thread_time()
+                w.prefill()
+                times.append(1e3 * (time.thread_time() - c0))
+        return statistics.median(times)
+
+    here = dataclasses.replace(SETTINGS, isolate=False)
+    result = {"space": space_name, "arch_id": pick.id, "arch": pick.short(), "calls": 200, "passes": {}}
+    result["passes"]["fresh process"] = [prompt_ms(), prompt_ms()]
+    measure_many(others[32:64], "cpu", dataclasses.replace(here, train_repeats=0), seed=7)
+    result["passes"]["after 32 others measured without training steps"] = [prompt_ms(), prompt_ms()]
+    measure_many(others[:32], "cpu", here, seed=7)
+    result["passes"]["after 32 more measured with training steps"] = [prompt_ms(), prompt_ms()]
+    for name, v in result["passes"].items():
+        log(f"drift {space_name}: {name}: {v[0]:.3f} / {v[1]:.3f} ms")
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def stage_search(out: Path, n_trials: int) -> None:
     from eval.hardware.search import run_search_stage
 
@@ -159,6 +201,12 @@ def markdown(out: Path) -> str:
             v = one[key]
             lines.append(f"| {space_name} | `{one['arch']}` | {key} | {v['repeat_spread_median']:.1%} | "
                          f"{v['cv']:.1%} | {v['max_rel_dev']:.1%} |")
+    drift = out / "moe" / "drift.json"
+    if drift.exists():
+        d = json.loads(drift.read_text())
+        lines += ["", f"## One process's history: `{d['arch']}`, prompt median of {d['calls']} calls (two models)", "",
+                  "| measured | prompt ms |", "|---|---|"]
+        lines += [f"| {k} | {v[0]:.3f} / {v[1]:.3f} |" for k, v in d["passes"].items()]
     search = out / "search" / "search.json"
     if search.exists():
         from eval.hardware.search import search_markdown
@@ -189,6 +237,8 @@ def main() -> int:
             stage_refit(space_name, args.out)
         if "noise" in stages:
             stage_noise(space_name, args.out)
+        if "drift" in stages and space_name == "moe":
+            stage_drift(space_name, args.out)
     if "search" in stages:
         stage_search(args.out, args.search_trials)
     text = markdown(args.out)
