@@ -8,15 +8,15 @@ Each stage is one ``llmnas bench nb201-oneshot`` invocation (results under ``eva
 - ``tune`` -- the same on seed 100 (never reported), for choosing settings: ``results/tune/``.
 - ``collapse1000``, ``collapse500`` -- DARTS alone, seed 0, 20 epochs on 1,000 images / 40 epochs on 500 images,
   architecture lr 1e-2: the onset of DARTS's collapse toward parameter-free ops (``results/darts_collapse*/``).
-- ``drnas`` -- DrNAS alone on the CPU protocol (2 epochs, as DARTS: every step mixes all five ops), seeds 0-2, one
-  search at a time, one torch thread: ``results/drnas/``; ``drnas_tune`` -- the same on seed 100 (never reported):
-  ``results/drnas_tune/``.
+- ``drnas`` -- DrNAS alone on the CPU protocol with 8 epochs (chosen on seed 100: ``results/drnas_tune/RULE.md``),
+  seeds 0-2, one search at a time, one torch thread: ``results/drnas/``; ``drnas_tune``, ``drnas_tune8`` -- seed
+  100 (never reported) at the default 2 epochs (DARTS's) and at 8: ``results/drnas_tune{,_8}/``.
 - ``gpu`` -- NAS-Bench-201's own protocol (C = 16, N = 5, 50 epochs on the full 25,000 + 25,000 images,
   architecture Adam 3e-4) from ``gpu.yaml``; needs a CUDA device (not run here).
 
     python eval/nb201_oneshot/run.py                    # stage cpu (about 1-1.5 hours on 2 shared cores)
     python eval/nb201_oneshot/run.py --stages tune
-    python eval/nb201_oneshot/run.py --stages drnas     # DrNAS, seeds 0-2 (about 20-30 minutes on one idle core)
+    python eval/nb201_oneshot/run.py --stages drnas     # DrNAS, seeds 0-2 (about 20 minutes on one idle core)
     python eval/nb201_oneshot/run.py --stages gpu       # on a machine with a GPU
 """
 
@@ -41,11 +41,14 @@ STAGES = {
     "collapse500": ["--seeds", "1", "--seed", "0", "--set", "train_images=500", "--set", "valid_images=500",
                     "--set", "epochs={darts: 40}", "--set", "arch_lr=0.01", "--set", "snapshots_per_epoch=1",
                     "--out", str(RESULTS / "darts_collapse_500")],
-    "drnas": ["--seeds", "3", "--seed", "0", "--out", str(RESULTS / "drnas")],
+    # DrNAS: 8 epochs, chosen on seed 100 by the rule in results/drnas_tune/RULE.md (drnas_tune, drnas_tune8)
+    "drnas": ["--seeds", "3", "--seed", "0", "--set", "epochs={drnas: 8}", "--out", str(RESULTS / "drnas")],
     "drnas_tune": ["--seeds", "1", "--seed", "100", "--out", str(RESULTS / "drnas_tune")],
+    "drnas_tune8": ["--seeds", "1", "--seed", "100", "--set", "epochs={drnas: 8}",
+                    "--out", str(RESULTS / "drnas_tune_8")],
 }
 #: stages that run one strategy whatever --strategies says
-ONLY = {"collapse1000": "darts", "collapse500": "darts", "drnas": "drnas", "drnas_tune": "drnas"}
+ONLY = {"collapse1000": "darts", "collapse500": "darts", **{s: "drnas" for s in ("drnas", "drnas_tune", "drnas_tune8")}}
 
 
 def main(argv: list[str] | None = None) -> int:
