@@ -11,6 +11,8 @@ Each stage is one ``llmnas bench nb201-oneshot`` invocation (results under ``eva
 - ``drnas`` -- DrNAS alone on the CPU protocol with 8 epochs (chosen on seed 100: ``results/drnas_tune/RULE.md``),
   seeds 0-2, one search at a time, one torch thread: ``results/drnas/``; ``drnas_tune``, ``drnas_tune8`` -- seed
   100 (never reported) at the default 2 epochs (DARTS's) and at 8: ``results/drnas_tune{,_8}/``.
+- ``drnas_2ep``, ``darts_8ep`` -- equal-budget diagnostics for the ``drnas`` stage, seeds 0-2: DrNAS at DARTS's
+  2 epochs (``results/drnas_2ep/``) and DARTS at DrNAS's 8 (``results/darts_8ep/``).
 - ``gpu`` -- NAS-Bench-201's own protocol (C = 16, N = 5, 50 epochs on the full 25,000 + 25,000 images,
   architecture Adam 3e-4) from ``gpu.yaml``; needs a CUDA device (not run here).
 
@@ -46,9 +48,13 @@ STAGES = {
     "drnas_tune": ["--seeds", "1", "--seed", "100", "--out", str(RESULTS / "drnas_tune")],
     "drnas_tune8": ["--seeds", "1", "--seed", "100", "--set", "epochs={drnas: 8}",
                     "--out", str(RESULTS / "drnas_tune_8")],
+    # equal-budget diagnostics beside the drnas stage: DrNAS at DARTS's 2 epochs, DARTS at DrNAS's 8 (seeds 0-2)
+    "drnas_2ep": ["--seeds", "3", "--seed", "0", "--out", str(RESULTS / "drnas_2ep")],
+    "darts_8ep": ["--seeds", "3", "--seed", "0", "--set", "epochs={darts: 8}", "--out", str(RESULTS / "darts_8ep")],
 }
 #: stages that run one strategy whatever --strategies says
-ONLY = {"collapse1000": "darts", "collapse500": "darts", **{s: "drnas" for s in ("drnas", "drnas_tune", "drnas_tune8")}}
+ONLY = {"collapse1000": "darts", "collapse500": "darts", "darts_8ep": "darts",
+        **{s: "drnas" for s in ("drnas", "drnas_tune", "drnas_tune8", "drnas_2ep")}}
 
 
 def main(argv: list[str] | None = None) -> int:
