@@ -1,0 +1,147 @@
+"""How long to train the supernet: its training budget and sampling rule against its ranking fidelity.
+
+The 600-step from-scratch truth ranks architectures by what they reach in 600 steps. A supernet trained
+for 6,000 steps has trained its shared weights ten times longer than any of those runs, and ranks
+architectures by what they reach with far more training (a learned position table, for one, has caught
+up). This script trains one supernet per variant (steps x sampling rule; the lr schedule decays over the
+variant's own steps) and scores the fidelity architectures with inherited weights:
+
+1. on the tuning set (``--arch-seed 777``, truth in ``results/tuning``), where the variant is chosen by a
+   rule fixed before any variant was trained: the highest Kendall tau; on a tie at three decimals, the
+   cheaper variant (fewer subnet-steps);
+2. on the main set (the reported 30 architectures, truth in ``results``), every variant, the chosen one
+   marked.
+
+    python eval/supernet/budget.py                      # every variant (about 35 minutes on one idle core)
+    python eval/supernet/budget.py --variants uniform600
+
+Each variant's files: ``results/budget/<variant>/{tuning,main}/`` (``supernet.md``, ``fidelity.png``, the
+stage JSONs); its supernet: ``runs/supernet_shakespeare/budget_<variant>``. Summary: ``results/budget/budget.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+OUT = HERE / "results" / "budget"
+
+#: name: (steps, largest, smallest, random subnets per step, seed of the architectures and batches)
+VARIANTS = {
+    "uniform300": (300, False, False, 4, 0),
+    "uniform600": (600, False, False, 4, 0),
+    "uniform1500": (1500, False, False, 4, 0),
+    "uniform3000": (3000, False, False, 4, 0),
+    "sandwich600": (600, True, True, 2, 0),
+    "sandwich1500": (1500, True, True, 2, 0),
+    # second round (after the first round's main-set figures were seen; chosen on the tuning set alone):
+    "uniform600x8": (600, False, False, 8, 0),
+    "uniform600s1": (600, False, False, 4, 1),
+    "uniform600s2": (600, False, False, 4, 2),
+}
+#: the mean inherited-weight loss of several supernets (same budget, other seeds): second round
+ENSEMBLES = {"uniform600 x3 seeds": ("uniform600", "uniform600s1", "uniform600s2")}
+#: the two 6,000-step supernets of the first tables (trained by run.py's supernet stage and its ablation)
+EARLIER = {"sandwich6000": (HERE / "results" / "tuning", HERE / "results"),
+           "uniform6000": (HERE / "results" / "tuning" / "uniform", HERE / "results" / "uniform")}
+
+
+def overrides(name: str) -> list[str]:
+    steps, largest, smallest, k, seed = VARIANTS[name]
+    sets = {"supernet.out": f"runs/supernet_shakespeare/budget_{name}", "supernet.train.max_steps": steps,
+            "supernet.train.lr_decay_steps": steps, "supernet.largest": str(largest).lower(),
+            "supernet.smallest": str(smallest).lower(), "supernet.random_subnets": k}
+    if seed:
+        sets |= {"supernet.seed": seed, "supernet.train.seed": 1337 + seed}
+    return [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
+
+
+def run_variant(name: str, threads: int) -> None:
+    from eval.supernet import run
+
+    tuning, main = OUT / name / "tuning", OUT / name / "main"
+    if not (tuning / "supernet-fidelity.json").exists():
+        stages = "fidelity" if (tuning / "supernet-supernet.json").exists() else "supernet,fidelity"
+        run.main(["--stages", stages, "--threads", str(threads), "--arch-seed", "777", "--out", str(tuning),
+                  "--truth", str(HERE / "results" / "tuning"), *overrides(name)])
+    if not (main / "supernet-fidelity.json").exists():
+        run.main(["--stages", "fidelity", "--threads", str(threads), "--arch-seed", "12345", "--out", str(main),
+                  "--truth", str(HERE / "results"), *overrides(name)])
+
+
+def fidelity(folder: Path) -> dict | None:
+    path = folder / "supernet-fidelity.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())["fidelity"]["table"]["supernet (whole holdout)"]
+
+
+def ensemble_fidelity(names: tuple[str, ...], split: str) -> dict | None:
+    """Kendall tau / Spearman rho of the mean inherited-weight loss over the supernets ``names``."""
+    from eval.supernet.run import rank_stats
+
+    paths = [OUT / n / split / "supernet-fidelity.json" for n in names]
+    if not all(p.exists() for p in paths):
+        return None
+    tables = [{r["arch_id"]: r for r in json.loads(p.read_text())["fidelity"]["rows"]} for p in paths]
+    ids = sorted(tables[0])
+    truth = [tables[0][i]["val_loss"] for i in ids]
+    return rank_stats(truth, [sum(t[i]["supernet"] for t in tables) / len(tables) for i in ids])
+
+
+def summary() -> str:
+    rows = []
+    for name, (steps, largest, smallest, k, _) in VARIANTS.items():
+        n = int(largest) + int(smallest) + k
+        rows.append((name, steps, n, "sandwich" if largest else "uniform", fidelity(OUT / name / "tuning"),
+                     fidelity(OUT / name / "main")))
+    for name, (tuning, main) in EARLIER.items():
+        rows.append((name, 6000, 4, name.removesuffix("6000"), fidelity(tuning), fidelity(main)))
+    for name, members in ENSEMBLES.items():
+        steps, _, _, k, _ = VARIANTS[members[0]]
+        rows.append((name, steps * len(members), k, "uniform, mean of supernets",
+                     ensemble_fidelity(members, "tuning"), ensemble_fidelity(members, "main")))
+    scored = [r for r in rows if r[4] is not None]
+    chosen = max(scored, key=lambda r: (round(r[4]["kendall_tau"], 3), -r[1] * r[2]))[0] if scored else None
+    lines = ["# Supernet training budget vs ranking fidelity (tiny_char, tiny-shakespeare)", "",
+             "Kendall tau / Spearman rho of the inherited-weight holdout loss against the 600-step from-scratch "
+             "holdout loss. The variant is chosen on the tuning set (highest tau; a tie at three decimals goes to "
+             "fewer subnet-steps); the main set is the reported one.", "",
+             "| variant | sampling | steps | subnets per step | subnet-steps | tuning set tau / rho | "
+             "main set tau / rho |", "|---|---|---:|---:|---:|---:|---:|"]
+    for name, steps, n, rule, tuning, main in sorted(rows, key=lambda r: (r[3], r[1])):
+        def cell(v: dict | None) -> str:
+            return "–" if v is None else f"{v['kendall_tau']:.3f} / {v['spearman_rho']:.3f}"
+        mark = " **(chosen)**" if name == chosen else ""
+        lines.append(f"| {name}{mark} | {rule} | {steps:,} | {n} | {steps * n:,} | {cell(tuning)} | {cell(main)} |")
+    lines += ["", "Machine: the 2-core x86_64 container, CPU only, one torch thread per run.", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--report", action="store_true", help="only rewrite budget.md from the results there")
+    args = p.parse_args()
+    names = args.variants.split(",")
+    for name in names:
+        if name not in VARIANTS:
+            raise SystemExit(f"--variants: unknown variant {name!r} (allowed: {', '.join(VARIANTS)})")
+    if not args.report:
+        for name in names:
+            run_variant(name, args.threads)
+    OUT.mkdir(parents=True, exist_ok=True)
+    text = summary()
+    (OUT / "budget.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())
