@@ -64,6 +64,12 @@ def held_out(folder: Path) -> tuple[list[Architecture], list[dict]]:
     return [Architecture.from_dict(r["arch"]) for r in rows], rows
 
 
+def median_size(archs: list[Architecture]) -> Architecture:
+    """The held-out architecture of median parameter count (the one measured repeatedly)."""
+    sizes = [a.param_counts().total for a in archs]
+    return archs[int(np.argsort(sizes)[len(sizes) // 2])]
+
+
 def stage_profile(space_name: str, out: Path) -> None:
     folder = out / space_name
     if (folder / "report.json").exists():
@@ -100,8 +106,7 @@ def stage_noise(space_name: str, out: Path) -> None:
         first = np.array([r[key]["median"] if isinstance(r[key], dict) else r[key] for r in rows])
         again = np.array([m.values()[key] for m in second])
         result["retest"][key] = error_stats(again, first)
-    sizes = [a.param_counts().total for a in archs]
-    pick = archs[int(np.argsort(sizes)[len(sizes) // 2])]
+    pick = median_size(archs)
     log(f"noise {space_name}: {pick.id} ({pick.short()}) measured 10 times")
     runs = [measure_many([pick], "cpu", SETTINGS, seed=SEED + 2000 + k)[0] for k in range(10)]
     one = {}
@@ -127,8 +132,7 @@ def stage_drift(space_name: str, out: Path) -> None:
         log(f"drift {space_name}: done before ({path})")
         return
     archs, _ = held_out(folder)
-    sizes = [a.param_counts().total for a in archs]
-    pick = archs[int(np.argsort(sizes)[len(sizes) // 2])]
+    pick = median_size(archs)
     others = [a for a in archs if a.id != pick.id]
 
     def prompt_ms(calls: int = 200) -> float:

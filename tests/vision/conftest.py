@@ -53,6 +53,21 @@ def cifar():
     return load_images(shared_data(CIFAR_TARBALL))
 
 
+@pytest.fixture(scope="session")
+def oneshot_batches(cifar):
+    """Two training and two validation batches of 32 real CIFAR-10 images for the one-shot strategies."""
+    import torch
+
+    from llmnas.vision.oneshot.config import OneShotConfig
+    from llmnas.vision.oneshot.search import SearchData
+
+    halves = SearchData.build(cifar, OneShotConfig(train_images=256, valid_images=256, batch_size=32))
+    gen = torch.Generator().manual_seed(0)
+    train = halves.batches("train", gen)
+    valid = halves.batches("valid", gen)
+    return [next(train) for _ in range(2)], [next(valid) for _ in range(2)]
+
+
 @pytest.fixture(autouse=True)
 def image_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test decodes into its own cache (the real CIFAR test names the shared one itself)."""

@@ -16,19 +16,14 @@ from llmnas.cli import main
 from llmnas.errors import RecipeError
 from llmnas.space.nb201 import OPS, NB201Cell
 from llmnas.vision.oneshot.config import OneShotConfig
-from llmnas.vision.oneshot.search import SearchData
 from llmnas.vision.oneshot.strategies import Drnas
 from llmnas.vision.oneshot.supernet import CellSuperNet
 from tests.conftest import shared_data
 
 
 @pytest.fixture(scope="module")
-def batches(cifar):
-    halves = SearchData.build(cifar, OneShotConfig(train_images=256, valid_images=256, batch_size=32))
-    gen = torch.Generator().manual_seed(1)
-    train = halves.batches("train", gen)
-    valid = halves.batches("valid", gen)
-    return [next(train) for _ in range(2)], [next(valid) for _ in range(2)]
+def batches(oneshot_batches):
+    return oneshot_batches
 
 
 def drnas(seed: int = 0, **cfg) -> Drnas:

@@ -8,7 +8,7 @@ import torch
 
 from llmnas.space.nb201 import NB201Cell
 from llmnas.vision.oneshot.config import OneShotConfig
-from llmnas.vision.oneshot.search import SearchData, run_search
+from llmnas.vision.oneshot.search import run_search
 from llmnas.vision.oneshot.strategies import Darts, Gdas
 from llmnas.vision.oneshot.supernet import CellSuperNet
 
@@ -18,12 +18,8 @@ TINY = dict(C=2, N=1, train_images=96, valid_images=96, batch_size=32, eval_imag
 
 
 @pytest.fixture(scope="module")
-def batches(cifar):
-    halves = SearchData.build(cifar, OneShotConfig(train_images=256, valid_images=256, batch_size=32))
-    gen = torch.Generator().manual_seed(0)
-    train = halves.batches("train", gen)
-    valid = halves.batches("valid", gen)
-    return [next(train) for _ in range(2)], [next(valid) for _ in range(2)]
+def batches(oneshot_batches):
+    return oneshot_batches
 
 
 def darts(seed: int = 0) -> Darts:
