@@ -86,7 +86,9 @@ class Settings:
     """Measure each chunk of architectures (and the look-up table's parts) in a fresh process (spawned, one at a
     time). What a process ran before changes what it measures next: on this 2-core CPU an MoE model's prompt
     took 18 % longer, steadily, after 32 other models had been measured (their training steps) in the same
-    process. ``False`` measures in the calling process (quicker to start, for tests and one-off checks)."""
+    process. ``False`` measures in the calling process (quicker to start, for tests and one-off checks). The
+    process is spawned, so a script that measures at module level needs the usual
+    ``if __name__ == "__main__":`` guard (Python's multiprocessing says so if it is missing)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "prompt_len", "new_tokens", "train_batch_size", "repeats", "threads"):
