@@ -363,8 +363,10 @@ def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return pool.submit(fn, *args).result()
         except BrokenProcessPool as e:
-            raise HardwareError(f"the measuring process died before it finished ({e}); measure again, or with "
-                                "settings isolate: false to see the error in this process") from None
+            raise HardwareError(f"the measuring process died before it finished ({e}). A script that measures at "
+                                "module level needs an 'if __name__ == \"__main__\":' guard (the process is "
+                                "spawned and imports it); otherwise measure again, or with settings isolate: false "
+                                "to see the error in this process") from None
 
 
 def _measure_chunk_with_threads(*args: Any) -> list[Measurement]:

@@ -76,6 +76,15 @@ def test_an_error_in_the_measuring_process_is_raised_here() -> None:
         in_fresh_process(describe_device, "tpu")
 
 
+def test_a_measuring_process_that_dies_is_one_clear_error() -> None:
+    import os
+
+    from llmnas.hardware.measure import in_fresh_process
+
+    with pytest.raises(HardwareError, match="measuring process died.*__main__"):
+        in_fresh_process(os._exit, 3)
+
+
 def test_a_larger_model_takes_longer_and_serves_fewer_tokens() -> None:
     settings = dataclasses.replace(QUICK, repeats=5, train_repeats=0, memory=False)
     small, large = measure_many([decoder(32, 1), decoder(256, 6)], "cpu", settings)
