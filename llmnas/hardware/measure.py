@@ -23,9 +23,10 @@ machine the wall clock also counts the time the thread waited while other proces
 busy cores, twice the CPU time and ten times its spread); wall-clock medians are recorded beside.
 
 A process's history changes what it measures next (``Settings.isolate``): on this CPU an MoE model's prompt
-took 18 % longer, steadily over 240 calls, after training steps of 32 other models in the same process, and
-not after their inference alone. So by default each chunk is measured in a fresh process, every chunk from
-the same starting state; within a chunk every architecture's inference is timed before any training step.
+took about 20 % longer after training steps of 32 other models in the same process, 6 % after their
+inference alone (``eval/hardware/run.py --stages drift``). So by default each chunk is measured in a fresh
+process, every chunk from the same starting state; within a chunk every architecture's inference is timed
+before any training step.
 
 Every :class:`Measurement` carries its :class:`Settings` and the device description.
 """
@@ -85,10 +86,10 @@ class Settings:
     isolate: bool = True
     """Measure each chunk of architectures (and the look-up table's parts) in a fresh process (spawned, one at a
     time). What a process ran before changes what it measures next: on this 2-core CPU an MoE model's prompt
-    took 18 % longer, steadily, after 32 other models had been measured (their training steps) in the same
-    process. ``False`` measures in the calling process (quicker to start, for tests and one-off checks). The
-    process is spawned, so a script that measures at module level needs the usual
-    ``if __name__ == "__main__":`` guard (Python's multiprocessing says so if it is missing)."""
+    took about 20 % longer after 32 other models' training steps had run in the same process. ``False``
+    measures in the calling process (quicker to start, for tests and one-off checks). The process is spawned,
+    so a script that measures at module level needs the usual ``if __name__ == "__main__":`` guard (the
+    error raised without it says so)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "prompt_len", "new_tokens", "train_batch_size", "repeats", "threads"):
@@ -345,8 +346,7 @@ def measure_many(
     out: list[Measurement] = []
     for first in range(0, len(archs), chunk):
         args = (list(archs[first : first + chunk]), device, settings, description, seed + first)
-        out += in_fresh_process(_measure_chunk_with_threads, *args) if settings.isolate \
-            else _measure_chunk_with_threads(*args)
+        out += in_fresh_process(_measure_chunk, *args) if settings.isolate else _measure_chunk(*args)
         if progress is not None:
             progress(len(out), len(archs))
     return out
@@ -369,14 +369,14 @@ def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
                                 "to see the error in this process") from None
 
 
-def _measure_chunk_with_threads(*args: Any) -> list[Measurement]:
-    settings = args[2]
-    with torch_threads(settings.threads):
-        return _measure_chunk(*args)
-
-
 def _measure_chunk(archs: Sequence[Architecture], device: torch.device, settings: Settings,
                    description: dict[str, Any], seed: int) -> list[Measurement]:
+    with torch_threads(settings.threads):
+        return _measure_chunk_here(archs, device, settings, description, seed)
+
+
+def _measure_chunk_here(archs: Sequence[Architecture], device: torch.device, settings: Settings,
+                        description: dict[str, Any], seed: int) -> list[Measurement]:
     s, time_it = settings, timer(device, settings.clock_for(device))
     work = [Workloads(a, device, s, seed=seed + i) for i, a in enumerate(archs)]
     memory: list[tuple[float | None, float | None]] = []
