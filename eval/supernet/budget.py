@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 OUT = HERE / "results" / "budget"
 
-#: name: (steps, largest, smallest, random subnets per step, seed of the architectures and batches)
+#: name: (steps, largest, smallest, random subnets per step, seed of the architectures and batches[, split])
 VARIANTS = {
     "uniform300": (300, False, False, 4, 0),
     "uniform600": (600, False, False, 4, 0),
@@ -42,6 +42,10 @@ VARIANTS = {
     "uniform600x8": (600, False, False, 8, 0),
     "uniform600s1": (600, False, False, 4, 1),
     "uniform600s2": (600, False, False, 4, 2),
+    # third round (after the second round's main-set figures were seen; chosen on the tuning set alone): few-shot
+    # supernets (supernet.split), one 600-step x 8-subnet supernet per value of the positional scheme or the width
+    "split_pos": (600, False, False, 8, 0, "pos"),
+    "split_d_model": (600, False, False, 8, 0, "d_model"),
 }
 #: the mean inherited-weight loss of several supernets (same budget, other seeds): second round
 ENSEMBLES = {"uniform600 x3 seeds": ("uniform600", "uniform600s1", "uniform600s2")}
@@ -50,13 +54,26 @@ EARLIER = {"sandwich6000": (HERE / "results" / "tuning", HERE / "results" / "san
            "uniform6000": (HERE / "results" / "tuning" / "uniform", HERE / "results" / "uniform")}
 
 
+def spec(name: str) -> tuple[int, bool, bool, int, int, str | None]:
+    steps, largest, smallest, k, seed, *split = VARIANTS[name]
+    return steps, largest, smallest, k, seed, (split[0] if split else None)
+
+
+def parts(name: str) -> int:
+    """Supernets the variant trains: one, or one per value of its split decision (its trained manifest)."""
+    manifest = REPO / "runs" / "supernet_shakespeare" / f"budget_{name}" / "split.json"
+    return len(json.loads(manifest.read_text())["values"]) if spec(name)[5] and manifest.exists() else 1
+
+
 def overrides(name: str) -> list[str]:
-    steps, largest, smallest, k, seed = VARIANTS[name]
+    steps, largest, smallest, k, seed, split = spec(name)
     sets = {"supernet.out": f"runs/supernet_shakespeare/budget_{name}", "supernet.train.max_steps": steps,
             "supernet.train.lr_decay_steps": steps, "supernet.largest": str(largest).lower(),
             "supernet.smallest": str(smallest).lower(), "supernet.random_subnets": k}
     if seed:
         sets |= {"supernet.seed": seed, "supernet.train.seed": 1337 + seed}
+    if split:
+        sets |= {"supernet.split": split}
     return [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
 
 
@@ -95,14 +112,16 @@ def ensemble_fidelity(names: tuple[str, ...], split: str) -> dict | None:
 
 def summary() -> str:
     rows = []
-    for name, (steps, largest, smallest, k, _) in VARIANTS.items():
+    for name in VARIANTS:
+        steps, largest, smallest, k, _, split = spec(name)
         n = int(largest) + int(smallest) + k
-        rows.append((name, steps, n, "sandwich" if largest else "uniform", fidelity(OUT / name / "tuning"),
-                     fidelity(OUT / name / "main"), 1))
+        rule = ("sandwich" if largest else "uniform") + (f", split on {split}" if split else "")
+        rows.append((name, steps, n, rule, fidelity(OUT / name / "tuning"), fidelity(OUT / name / "main"),
+                     parts(name)))
     for name, (tuning, main) in EARLIER.items():
         rows.append((name, 6000, 4, name.removesuffix("6000"), fidelity(tuning), fidelity(main), 1))
     for name, members in ENSEMBLES.items():
-        steps, _, _, k, _ = VARIANTS[members[0]]
+        steps, _, _, k, _, _ = spec(members[0])
         rows.append((name, steps, k, "uniform, mean of supernets",
                      ensemble_fidelity(members, "tuning"), ensemble_fidelity(members, "main"), len(members)))
     scored = [r for r in rows if r[4] is not None]
@@ -117,7 +136,7 @@ def summary() -> str:
         def cell(v: dict | None) -> str:
             return "–" if v is None else f"{v['kendall_tau']:.3f} / {v['spearman_rho']:.3f}"
         mark = " **(chosen)**" if name == chosen else ""
-        each = f"{steps:,}" + (f" (x{copies} supernets)" if copies > 1 else "")
+        each = f"{steps:,}" + (f" (x{copies} supernets)" if copies > 1 else "")  # an ensemble's, or a split's
         lines.append(f"| {name}{mark} | {rule} | {each} | {n} | {steps * n * copies:,} | {cell(tuning)} | "
                      f"{cell(main)} |")
     lines += ["", "Machine: the 2-core x86_64 container, CPU only, one torch thread per run.", ""]

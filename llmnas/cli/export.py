@@ -119,14 +119,13 @@ def _inherited(args: argparse.Namespace, arch: Any) -> tuple[dict, Any]:
     """``arch``'s weights sliced out of the supernet, and the tokenizer saved beside them."""
     from llmnas.export.tokenizer import resolve_tokenizer
     from llmnas.supernet import load_supernet
-    from llmnas.supernet.checkpoint import TOKENIZER
 
     ckpt = load_supernet(args.supernet)
     model = ckpt.net.extract(arch)  # ArchitectureError when arch is not one of its subnets
     print(f"weights: inherited from supernet {ckpt.path} (id {ckpt.id}, step {ckpt.step})")
     tokenizer = None
-    if args.tokenizer is None and (ckpt.path / TOKENIZER).is_dir():
-        tokenizer = resolve_tokenizer(str(ckpt.path / TOKENIZER))
+    if args.tokenizer is None and ckpt.tokenizer is not None and ckpt.tokenizer.is_dir():
+        tokenizer = resolve_tokenizer(str(ckpt.tokenizer))
     return model.state_dict(), tokenizer
 
 

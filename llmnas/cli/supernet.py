@@ -58,7 +58,9 @@ def train(args: argparse.Namespace) -> int:
     run = train_supernet(space, data, recipe.supernet, cfg, accelerator, out)
     if accelerator.is_main_process:
         scores = ", ".join(f"{role} {value:.4f}" for role, value in run.scores.items())
-        print(f"supernet: {run.path} after {run.steps} steps, {run.tokens:,} subnet tokens, {run.train_seconds:.0f}s"
+        what = (f"{run.parts} supernets split on {recipe.supernet.split}, {run.steps} steps each" if run.parts > 1
+                else f"{run.steps} steps")
+        print(f"supernet: {run.path} after {what}, {run.tokens:,} subnet tokens, {run.train_seconds:.0f}s"
               + (f"; validation loss {scores}" if scores else ""))
         print(f"search it: {search_command(args, recipe, out)}")
     return 0
@@ -92,5 +94,6 @@ def show(args: argparse.Namespace) -> int:
         "step": m["step"], "total_steps": m["total_steps"], "finished": m["finished"], "tokens": m["tokens"],
         "train_seconds": round(m["train_seconds"], 1), "losses": m["losses"], "scores": m["scores"],
         "constraints": m["constraints"], "sandwich": m["config"],
-    }, indent=1))
+        **({"split": m["split"]} if "split" in m else {}),
+    }, indent=1, default=str))
     return 0

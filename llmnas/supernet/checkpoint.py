@@ -10,7 +10,9 @@ A supernet folder (``supernet.out``, default ``runs/<study>/supernet``)::
         tokenizer/               the tokenizer, for export
 
 A checkpoint is written completely before ``latest`` names it, so a run killed while writing leaves the
-previous one in force.
+previous one in force. A supernet split on one decision (``supernet.split``) is a folder of such folders, one
+per value, with a ``split.json`` beside them (:mod:`llmnas.supernet.split`); :func:`load_supernet` loads it
+whole.
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ class SupernetCheckpoint:
     meta: dict[str, Any]
     path: Path
     id: str
+    tokenizer: Path | None = None
+    """The tokenizer folder saved with the weights (default: ``path/tokenizer``)."""
+
+    def __post_init__(self) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = self.path / TOKENIZER
 
     @property
     def step(self) -> int:
@@ -97,8 +105,16 @@ def _step_of(path: Path) -> int:
 
 
 def weights_id(path: Path) -> str:
+    """A content id of a safetensors file: its header (keys sorted: safetensors writes the metadata in an order
+    that changes between processes) and its tensor bytes. Equal weights give equal ids."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(size))
+        except ValueError:
+            raise CheckpointError(f"{path}: unreadable safetensors header: the checkpoint is corrupted") from None
+        digest.update(json.dumps(header, sort_keys=True).encode())
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:12]
@@ -117,7 +133,9 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 def load_supernet(location: str | Path, device: str | torch.device = "cpu") -> SupernetCheckpoint:
-    """Load a supernet from its folder (its ``latest`` checkpoint) or from one ``checkpoint-<step>`` folder.
+    """Load a supernet from its folder (its ``latest`` checkpoint), from one ``checkpoint-<step>`` folder, or a
+    split supernet from its folder (every part's ``latest``; its ``net`` is a
+    :class:`~llmnas.supernet.split.SplitSuperNet`).
 
     Raises:
         CheckpointError: nothing there, a partial or corrupted checkpoint, or weights that do not match
@@ -126,6 +144,10 @@ def load_supernet(location: str | Path, device: str | torch.device = "cpu") -> S
     location = Path(location)
     if not location.exists():
         raise CheckpointError(f"{location}: no such supernet folder (train one with: llmnas supernet train RECIPE)")
+    from llmnas.supernet.split import is_split
+
+    if is_split(location):
+        return _load_split(location, device)
     path = location if (location / META).exists() else latest_checkpoint(location)
     if path is None:
         raise CheckpointError(
@@ -153,3 +175,42 @@ def load_supernet(location: str | Path, device: str | torch.device = "cpu") -> S
     net.load_state_dict(state)
     net.eval()
     return SupernetCheckpoint(net=net, meta=meta, path=path, id=weights_id(path / WEIGHTS))
+
+
+def _load_split(location: Path, device: str | torch.device) -> SupernetCheckpoint:
+    """A split supernet (:mod:`llmnas.supernet.split`): every part, finished, of one space and settings."""
+    from llmnas.supernet.split import SplitSuperNet, by_part, read_manifest
+
+    record = read_manifest(location)
+    decision, parts = record["decision"], {}
+    metas, ids = [], []
+    for value in record["values"]:
+        folder = location / record["parts"][str(value)]
+        if not (folder / LATEST).is_file() and not (folder / META).is_file():
+            raise CheckpointError(
+                f"{folder}: part {decision}={value} of the split supernet {location} has no finished checkpoint; "
+                "finish its training first (run the same llmnas supernet train command again)"
+            )
+        part = load_supernet(folder, device)
+        if not part.meta.get("finished"):
+            raise CheckpointError(
+                f"{part.path}: part {decision}={value} of the split supernet {location} stopped at step "
+                f"{part.meta['step']} of {part.meta.get('total_steps')}; run the same llmnas supernet train command "
+                "again to finish it"
+            )
+        if metas and part.meta["space"] != metas[0]["space"]:
+            raise CheckpointError(f"{part.path}: part {decision}={value} holds another space than the first part")
+        parts[value] = part.net
+        metas.append(part.meta)
+        ids.append(part.id)
+    first = metas[0]
+    meta = {**first, "split": {"decision": decision, "values": record["values"],
+                               "parts": {str(v): str(location / record["parts"][str(v)]) for v in record["values"]}},
+            "tokens": sum(m["tokens"] for m in metas), "train_seconds": sum(m["train_seconds"] for m in metas),
+            "losses": by_part(record["values"], [m["losses"] for m in metas]),
+            "scores": by_part(record["values"], [m["scores"] for m in metas])}
+    digest = hashlib.sha256(" ".join(ids).encode()).hexdigest()[:12]
+    tokenizer_from = location / record["parts"][str(record["values"][0])]
+    ckpt = SupernetCheckpoint(net=SplitSuperNet(decision, parts).eval(), meta=meta, path=location, id=digest)
+    ckpt.tokenizer = (latest_checkpoint(tokenizer_from) or tokenizer_from) / TOKENIZER
+    return ckpt

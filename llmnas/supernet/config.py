@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from llmnas.errors import RecipeError
 
+#: the decisions a supernet may be split on (``supernet.split``): each is one value per architecture
+SPLIT_DECISIONS = ("d_model", "n_layers", "pos", "norm", "tie_embeddings")
+
 
 @dataclass(frozen=True, kw_only=True)
 class SupernetConfig:
@@ -35,6 +38,12 @@ class SupernetConfig:
     checkpoint_interval: int = 0
     """Optimizer steps between checkpoints (weights, optimizer, step); 0: at the end only. A run started
     again resumes from the last one."""
+    split: str | None = None
+    """Few-shot NAS (Zhao et al., ICML 2021): one supernet per value of this space-wide decision (one of
+    :data:`SPLIT_DECISIONS` with two or more choices in the space), each trained with the whole
+    ``supernet.train`` budget on the subnets that take that value; a subnet is scored by its own value's
+    supernet. Subnets that differ in that decision no longer share weights, at K times the training cost
+    for K values. None: one supernet."""
     out: str | None = None
     """Folder of the supernet; default ``<run_dir>/<study>/supernet``."""
 
@@ -53,6 +62,8 @@ class SupernetConfig:
             raise RecipeError(f"supernet.distill={self.distill!r}: must be in [0, 1]")
         if self.distill and not self.largest:
             raise RecipeError("supernet.distill needs supernet.largest: true (the largest subnet is the teacher)")
+        if self.split is not None and self.split not in SPLIT_DECISIONS:
+            raise RecipeError(f"supernet.split={self.split!r}: must be one of {', '.join(SPLIT_DECISIONS)} (or absent)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise RecipeError(f"supernet.seed={self.seed!r}: must be a non-negative integer")
 

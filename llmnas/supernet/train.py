@@ -53,6 +53,15 @@ from llmnas.supernet.config import SupernetConfig
 from llmnas.supernet.dims import space_id, space_record
 from llmnas.supernet.evaluate import evaluate_subnet
 from llmnas.supernet.model import SuperNet
+from llmnas.supernet.split import (
+    by_part,
+    feasible_draw,
+    is_split,
+    part_folder,
+    read_manifest,
+    split_values,
+    write_manifest,
+)
 from llmnas.train.loop import (
     TrainConfig,
     agreed_update,
@@ -72,15 +81,17 @@ def size_key(arch: Architecture) -> tuple[int, int]:
     return counts.total, counts.active
 
 
-def extreme(space: TransformerSpace, start: dict[str, Any], sign: int) -> Architecture:
+def extreme(space: TransformerSpace, start: dict[str, Any], sign: int, keep: str | None = None) -> Architecture:
     """The largest (``sign=1``) or smallest (``sign=-1``) architecture reachable from ``start`` by changing
-    one decision at a time while the constraints hold (coordinate ascent on :func:`size_key`)."""
+    one decision at a time (never ``keep``) while the constraints hold (coordinate ascent on :func:`size_key`)."""
     params = dict(start)
     best = size_key(space.decode(params))
     improved = True
     while improved:
         improved = False
         for name, options in space.choices().items():
+            if name == keep:
+                continue
             for value in options:
                 trial = {**params, name: value}
                 if not space.is_feasible(trial):
@@ -92,17 +103,22 @@ def extreme(space: TransformerSpace, start: dict[str, Any], sign: int) -> Archit
 
 
 class SandwichPlan:
-    """The architectures of every step, a pure function of ``(cfg.seed, step)`` and the step's progress."""
+    """The architectures of every step, a pure function of ``(cfg.seed, step)`` and the step's progress.
 
-    def __init__(self, space: TransformerSpace, cfg: SupernetConfig) -> None:
-        self.space, self.cfg = space, cfg
+    With ``part`` (a decision and its value: one part of a split supernet), every architecture takes that
+    value: the random subnets are uniform over that part of the space, the largest and smallest are its own.
+    """
+
+    def __init__(self, space: TransformerSpace, cfg: SupernetConfig, part: tuple[str, Any] | None = None) -> None:
+        self.space, self.cfg, self.part = space, cfg, part
         rng = np.random.default_rng([cfg.seed, 1 << 20])
-        pool = [space.sample_params(rng) for _ in range(cfg.pool_size)]
+        pool = [self._draw(rng) for _ in range(cfg.pool_size)]
         archs = [space.decode(p) for p in pool]
         sizes = [size_key(a) for a in archs]
         order = range(len(pool))
-        self.largest = extreme(space, pool[max(order, key=sizes.__getitem__)], 1)
-        self.smallest = extreme(space, pool[min(order, key=sizes.__getitem__)], -1)
+        keep = part[0] if part else None
+        self.largest = extreme(space, pool[max(order, key=sizes.__getitem__)], 1, keep)
+        self.smallest = extreme(space, pool[min(order, key=sizes.__getitem__)], -1, keep)
         self.pool = archs
         self.pool_params = np.array([s[0] for s in sizes])
 
@@ -126,7 +142,7 @@ class SandwichPlan:
         for _ in range(cfg.random_subnets):
             arch = None
             for _ in range(100):
-                candidate = self.space.decode(self.space.sample_params(rng))
+                candidate = self.space.decode(self._draw(rng))
                 if candidate.param_counts().total >= floor:
                     arch = candidate
                     break
@@ -135,6 +151,16 @@ class SandwichPlan:
                 arch = self.pool[int(big[rng.integers(len(big))])]
             out.append(("random", arch))
         return out
+
+    def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
+        """Uniformly random feasible decisions (within the part, if any)."""
+        if self.part is None:
+            return self.space.sample_params(rng)
+        params = feasible_draw(self.space, *self.part, rng=rng)
+        if params is None:
+            raise RecipeError(f"supernet.split: no architecture with {self.part[0]}={self.part[1]!r} meets the "
+                              "recipe's constraints in 1000 random draws")
+        return params
 
 
 # ---------------------------------------------------------------------- the run
@@ -153,6 +179,11 @@ class SupernetRun:
     scores: dict[str, float] = field(default_factory=dict)
     """Validation loss of the largest and smallest subnets at the end."""
     resumed_from: int | None = None
+    finished: bool = True
+    """Whether every step of the budget was trained (False after ``stop_after``)."""
+    parts: int = 1
+    """Supernets trained (``supernet.split``: one per value, each ``steps`` long; ``tokens`` and
+    ``train_seconds`` are their sums)."""
 
 
 def run_record(space: TransformerSpace, cfg: SupernetConfig, train_cfg: TrainConfig, data: TokenData) -> dict[str, Any]:
@@ -196,23 +227,60 @@ def train_supernet(
     stop_after: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> SupernetRun:
-    """Train (or resume) the supernet of ``space`` into the folder ``out``.
+    """Train (or resume) the supernet of ``space`` into the folder ``out``; with ``cfg.split``, one supernet
+    per value of that decision, one after the other, into ``out/<decision>-<value>/`` (:mod:`llmnas.supernet.split`).
 
     Args:
-        stop_after: end (with a checkpoint) after this optimizer step, as if killed there (tests).
+        stop_after: end (with a checkpoint) after this optimizer step, as if killed there (tests); with a
+            split, steps count over the parts in order (part ``k``'s step ``t`` is step ``k * budget + t``).
         log: where progress lines go (default: ``accelerator.print``).
 
     Raises:
-        RecipeError: ``out`` holds a supernet trained with another space, data or settings.
+        RecipeError: ``out`` holds a supernet trained with another space, data, settings or split.
         TrainingDiverged: a loss became NaN or infinite (the last checkpoint stays).
     """
     log = log or accelerator.print
-    check_accelerator(accelerator, train_cfg)
     out = Path(out)
+    if is_split(out) and cfg.split is None:
+        raise RecipeError(f"{out} holds a supernet split on {read_manifest(out)['decision']!r} and the recipe has no "
+                          "supernet.split: train into another folder (--out, or supernet.out) or keep the split")
+    if cfg.split is None:
+        return _train_part(space, data, cfg, train_cfg, accelerator, out, None, stop_after, log)
+    if latest_checkpoint(out) is not None:
+        raise RecipeError(f"{out} holds a supernet that is not split and the recipe has supernet.split="
+                          f"{cfg.split!r}: train into another folder (--out, or supernet.out)")
+    values = split_values(space, cfg.split)
+    if accelerator.is_main_process:
+        write_manifest(out, cfg.split, values)
+    accelerator.wait_for_everyone()
+    runs: list[SupernetRun] = []
+    budget = total_steps(train_cfg, space.max_seq_len, accelerator.num_processes) or 0
+    for i, value in enumerate(values):
+        log(f"part {i + 1}/{len(values)}: {cfg.split}={value}")
+        stop = None if stop_after is None else stop_after - i * budget
+        run = _train_part(space, data, cfg, train_cfg, accelerator, out / part_folder(cfg.split, value),
+                          (cfg.split, value), stop, log)
+        runs.append(run)
+        if not run.finished:
+            break
+    done = values[:len(runs)]
+    return SupernetRun(path=out, steps=runs[-1].steps, tokens=sum(r.tokens for r in runs),
+                       train_seconds=sum(r.train_seconds for r in runs), losses=by_part(done, [r.losses for r in runs]),
+                       scores=by_part(done, [r.scores for r in runs]), resumed_from=runs[0].resumed_from,
+                       finished=len(runs) == len(values) and runs[-1].finished, parts=len(values))
+
+
+def _train_part(space: TransformerSpace, data: TokenData, cfg: SupernetConfig, train_cfg: TrainConfig,
+                accelerator: Accelerator, out: Path, part: tuple[str, Any] | None, stop_after: int | None,
+                log: Callable[[str], None]) -> SupernetRun:
+    """Train (or resume) one supernet (of the whole space, or of one ``part`` of a split one) into ``out``."""
+    check_accelerator(accelerator, train_cfg)
     block = space.max_seq_len
     world = accelerator.num_processes
     steps_budget = total_steps(train_cfg, block, world)
     record = run_record(space, cfg, train_cfg, data)
+    if part is not None:
+        record["part"] = {part[0]: part[1]}
     latest = latest_checkpoint(out)
     meta = read_meta(latest) if latest is not None else None
     if meta is not None:
@@ -222,7 +290,7 @@ def train_supernet(
             return SupernetRun(path=latest, steps=meta["step"], tokens=meta["tokens"],  # type: ignore[arg-type]
                                train_seconds=meta["train_seconds"], losses=meta.get("losses", {}),
                                scores=meta.get("scores", {}), resumed_from=meta["step"])
-    plan = SandwichPlan(space, cfg)
+    plan = SandwichPlan(space, cfg, part)
 
     def build() -> tuple[SuperNet, torch.optim.Optimizer, Any]:
         set_seed(train_cfg.seed)
@@ -296,7 +364,7 @@ def train_supernet(
         meta_out["finished"] = not stopped
         path = _save(accelerator, net, out, step, meta_out, data)
         return SupernetRun(path=path, steps=step, tokens=tokens, train_seconds=train_seconds,
-                           losses=meta_out["losses"], scores=scores, resumed_from=resumed_from)
+                           losses=meta_out["losses"], scores=scores, resumed_from=resumed_from, finished=not stopped)
     finally:
         accelerator.free_memory()
 
