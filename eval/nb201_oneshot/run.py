@@ -11,6 +11,8 @@ Each stage is one ``llmnas bench nb201-oneshot`` invocation (results under ``eva
 - ``drnas`` -- DrNAS alone on the CPU protocol with 8 epochs (chosen on seed 100: ``results/drnas_tune/RULE.md``),
   seeds 0-2, one search at a time, one torch thread: ``results/drnas/``; ``drnas_tune``, ``drnas_tune8`` -- seed
   100 (never reported) at the default 2 epochs (DARTS's) and at 8: ``results/drnas_tune{,_8}/``.
+- ``darts_minus`` -- DARTS- (an auxiliary skip on every edge, its weight decaying from 1 to 0) with DARTS's settings
+  and 8 epochs (as ``darts_8ep``; fixed before any DARTS- run, nothing tuned), seeds 0-2: ``results/darts_minus/``.
 - ``drnas_2ep``, ``darts_8ep`` -- equal-budget diagnostics for the ``drnas`` stage, seeds 0-2: DrNAS at DARTS's
   2 epochs (``results/drnas_2ep/``) and DARTS at DrNAS's 8 (``results/darts_8ep/``).
 - ``gpu`` -- NAS-Bench-201's own protocol (C = 16, N = 5, 50 epochs on the full 25,000 + 25,000 images,
@@ -51,9 +53,11 @@ STAGES = {
     # equal-budget diagnostics beside the drnas stage: DrNAS at DARTS's 2 epochs, DARTS at DrNAS's 8 (seeds 0-2)
     "drnas_2ep": ["--seeds", "3", "--seed", "0", "--out", str(RESULTS / "drnas_2ep")],
     "darts_8ep": ["--seeds", "3", "--seed", "0", "--set", "epochs={darts: 8}", "--out", str(RESULTS / "darts_8ep")],
+    # DARTS- (auxiliary skip, beta 1 -> 0): DARTS's settings at the 8 epochs of darts_8ep, fixed in advance, seeds 0-2
+    "darts_minus": ["--seeds", "3", "--seed", "0", "--out", str(RESULTS / "darts_minus")],
 }
 #: stages that run one strategy whatever --strategies says
-ONLY = {"collapse1000": "darts", "collapse500": "darts", "darts_8ep": "darts",
+ONLY = {"collapse1000": "darts", "collapse500": "darts", "darts_8ep": "darts", "darts_minus": "darts_minus",
         **{s: "drnas" for s in ("drnas", "drnas_tune", "drnas_tune8", "drnas_2ep")}}
 
 

@@ -27,9 +27,9 @@ from llmnas.vision.oneshot.config import STRATEGIES, OneShotConfig
 from llmnas.vision.oneshot.supernet import PARAMETER_FREE
 
 TITLES = {"darts": "DARTS (first order)", "gdas": "GDAS", "enas": "ENAS", "spos": "SPOS + evolution",
-          "drnas": "DrNAS (Dirichlet)"}
+          "drnas": "DrNAS (Dirichlet)", "darts_minus": "DARTS- (auxiliary skip)"}
 #: Strategies whose runs end with ``(6, 5)`` op weights (softmax; DrNAS: the Dirichlet mean).
-WEIGHTED = ("darts", "gdas", "drnas")
+WEIGHTED = ("darts", "gdas", "drnas", "darts_minus")
 
 #: Published NAS-Bench-201 rows (200-epoch test accuracy %, mean ± std; CIFAR-10 / CIFAR-100 / ImageNet16-120).
 PUBLISHED: list[tuple[str, tuple[tuple[float, float], ...], str]] = [

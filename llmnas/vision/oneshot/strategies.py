@@ -6,6 +6,11 @@ parameters, updates them on batches of the validation half; :meth:`Strategy.fini
 - :class:`Darts`: first-order DARTS (Liu et al., 2019): softmax-weighted sum of all ops on every edge;
   the logits take Adam steps on the validation loss, the weights SGD steps on the training loss; the
   found cell is the argmax per edge (``none`` included, as NAS-Bench-201 does).
+- :class:`DartsMinus`: DARTS- (Chu et al., ICLR 2021): DARTS with an auxiliary skip connection on every edge,
+  outside the searched ops, whose weight ``beta`` decays linearly from ``aux_skip`` to 0 over the search. The
+  auxiliary path carries the gradient a skip edge would, so ``skip_connect``'s own weight no longer gains from
+  that advantage (the mechanism behind DARTS's collapse to parameter-free cells); at the end ``beta`` is 0 and
+  the supernet is DARTS's.
 - :class:`Gdas`: GDAS (Dong & Yang, 2019): one op per edge drawn by a hard Gumbel-softmax with a
   temperature annealed from ``tau_max`` to ``tau_min``; straight-through gradients reach every logit.
 - :class:`Enas`: ENAS (Pham et al., 2018): an LSTM controller -- llmnas's
@@ -40,7 +45,7 @@ from llmnas.samplers import RegularizedEvolutionSampler, ReinforceSampler
 from llmnas.space.nb201 import EDGES, N_CELLS, OPS, NB201Cell, NB201Space
 from llmnas.vision.oneshot.config import OneShotConfig
 from llmnas.vision.oneshot.evaluate import CellScorer
-from llmnas.vision.oneshot.supernet import Arch, CellSuperNet, Hard
+from llmnas.vision.oneshot.supernet import Arch, AuxSkip, CellSuperNet, Hard
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -161,6 +166,23 @@ class Darts(_ArchLogits):
         assert valid is not None
         self.arch_step(valid, self.alpha.softmax(-1))
         return self.weight_step(train, self.op_weights())
+
+
+class DartsMinus(Darts):
+    name = "darts_minus"
+
+    def beta(self) -> float:
+        """The auxiliary skip's weight: ``aux_skip`` at the start, linearly down to 0 at the end."""
+        return self.cfg.aux_skip * max(0.0, 1.0 - self.progress())
+
+    def step(self, train: Batch, valid: Batch | None) -> tuple[float, float]:
+        assert valid is not None
+        beta = self.beta()
+        self.arch_step(valid, AuxSkip(self.alpha.softmax(-1), beta))
+        return self.weight_step(train, AuxSkip(self.op_weights(), beta))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**super().snapshot(), "aux_skip": round(self.beta(), 4)}
 
 
 class Gdas(_ArchLogits):
@@ -316,4 +338,4 @@ def fidelity_cells(n: int, seed: int) -> list[NB201Cell]:
     return [NB201Cell.from_code(int(c)) for c in codes]
 
 
-STRATEGY_CLASSES: dict[str, type[Strategy]] = {s.name: s for s in (Darts, Gdas, Enas, Spos, Drnas)}
+STRATEGY_CLASSES: dict[str, type[Strategy]] = {s.name: s for s in (Darts, Gdas, Enas, Spos, Drnas, DartsMinus)}

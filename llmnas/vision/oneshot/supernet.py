@@ -8,7 +8,9 @@ every cell, as NAS-Bench-201 searches one cell):
 - a ``(6, 5)`` tensor of op weights: the weighted sum of all five ops on each edge (DARTS's continuous
   relaxation; a one-hot tensor gives exactly the fixed cell's output);
 - a :class:`Hard` sample: one op per edge, scaled by its straight-through weight (GDAS), so that only
-  the sampled op is computed but every op's logit gets a gradient.
+  the sampled op is computed but every op's logit gets a gradient;
+- a :class:`AuxSkip` mixture: the weighted sum of a ``(6, 5)`` tensor plus ``beta`` times the edge's input,
+  an auxiliary skip connection beside the candidate ops (DARTS-).
 
 :meth:`CellSuperNet.extract` returns a standalone :class:`~llmnas.vision.network.CellNetwork` of one
 cell with copies of the shared weights (the vision counterpart of the transformer supernet's
@@ -38,7 +40,16 @@ class Hard:
     index: tuple[int, ...]
 
 
-Arch = NB201Cell | torch.Tensor | Hard
+@dataclass(frozen=True)
+class AuxSkip:
+    """DARTS-'s relaxation: every edge outputs its ``(6, 5)`` ``weights``' mixture of the five ops plus ``beta``
+    times its input (an auxiliary skip connection outside the searched ops; ``beta`` decays to 0)."""
+
+    weights: torch.Tensor
+    beta: float
+
+
+Arch = NB201Cell | torch.Tensor | Hard | AuxSkip
 
 
 class MixedEdge(nn.Module):
@@ -64,6 +75,9 @@ class SearchCell(nn.Module):
         self.edges = nn.ModuleList(MixedEdge(C, affine, track_running_stats) for _ in EDGES)
 
     def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
+        beta = 0.0
+        if isinstance(arch, AuxSkip):
+            beta, arch = arch.beta, arch.weights
         if isinstance(arch, NB201Cell):
             args = [(OPS.index(op), None) for op in arch.ops]
         elif isinstance(arch, Hard):
@@ -72,7 +86,8 @@ class SearchCell(nn.Module):
             args = [(arch[e], None) for e in range(len(EDGES))]
         nodes = [x]
         for node in (1, 2, 3):
-            nodes.append(sum(self.edges[e](nodes[src], *args[e]) for e, (dst, src) in enumerate(EDGES) if dst == node))
+            nodes.append(sum(self.edges[e](nodes[src], *args[e]) + (beta * nodes[src] if beta else 0.0)
+                             for e, (dst, src) in enumerate(EDGES) if dst == node))
         return nodes[3]
 
 
