@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 OUT = HERE / "results" / "budget"
 
-#: name: (steps, largest, smallest, random subnets per step, seed of the architectures and batches[, split])
+#: name: (steps, largest, smallest, random subnets per step, seed of the architectures and batches[, split[, balance]])
 VARIANTS = {
     "uniform300": (300, False, False, 4, 0),
     "uniform600": (600, False, False, 4, 0),
@@ -46,6 +46,10 @@ VARIANTS = {
     # supernets (supernet.split), one 600-step x 8-subnet supernet per value of the positional scheme or the width
     "split_pos": (600, False, False, 8, 0, "pos"),
     "split_d_model": (600, False, False, 8, 0, "d_model"),
+    # fourth round (after split_pos's main-set figure was seen; chosen on the tuning set alone): widths drawn
+    # uniformly (supernet.balance: d_model; under the cap only 5 % of uniform draws are d_model 192)
+    "balanced_d_model": (600, False, False, 8, 0, None, "d_model"),
+    "split_pos_balanced": (600, False, False, 8, 0, "pos", "d_model"),
 }
 #: the mean inherited-weight loss of several supernets (same budget, other seeds): second round
 ENSEMBLES = {"uniform600 x3 seeds": ("uniform600", "uniform600s1", "uniform600s2")}
@@ -57,6 +61,11 @@ EARLIER = {"sandwich6000": (HERE / "results" / "tuning", HERE / "results" / "san
 def spec(name: str) -> tuple[int, bool, bool, int, int, str | None]:
     steps, largest, smallest, k, seed, *split = VARIANTS[name]
     return steps, largest, smallest, k, seed, (split[0] if split else None)
+
+
+def balance(name: str) -> str | None:
+    rest = VARIANTS[name][6:]
+    return rest[0] if rest else None
 
 
 def parts(name: str) -> int:
@@ -74,6 +83,8 @@ def overrides(name: str) -> list[str]:
         sets |= {"supernet.seed": seed, "supernet.train.seed": 1337 + seed}
     if split:
         sets |= {"supernet.split": split}
+    if balance(name):
+        sets |= {"supernet.balance": balance(name)}
     return [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
 
 
@@ -115,7 +126,8 @@ def summary() -> str:
     for name in VARIANTS:
         steps, largest, smallest, k, _, split = spec(name)
         n = int(largest) + int(smallest) + k
-        rule = ("sandwich" if largest else "uniform") + (f", split on {split}" if split else "")
+        rule = (("sandwich" if largest else "uniform") + (f", split on {split}" if split else "")
+                + (f", {balance(name)} balanced" if balance(name) else ""))
         rows.append((name, steps, n, rule, fidelity(OUT / name / "tuning"), fidelity(OUT / name / "main"),
                      parts(name)))
     for name, (tuning, main) in EARLIER.items():

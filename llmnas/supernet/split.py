@@ -41,7 +41,8 @@ def decision_value(arch: Architecture, decision: str) -> Any:
     raise ValueError(f"{decision!r} is not a decision a supernet can be split on ({', '.join(SPLIT_DECISIONS)})")
 
 
-def split_values(space: TransformerSpace, decision: str) -> list[Any]:
+def split_values(space: TransformerSpace, decision: str, key: str = "supernet.split",
+                 fixed: dict[str, Any] | None = None) -> list[Any]:
     """The values of ``decision`` that some architecture meeting the space's constraints takes, in the
     space's order.
 
@@ -52,21 +53,29 @@ def split_values(space: TransformerSpace, decision: str) -> list[Any]:
     if options is None or len(options) < 2:
         chosen = [d for d in SPLIT_DECISIONS if len(space.choices().get(d, ())) > 1]
         raise RecipeError(
-            f"supernet.split={decision!r}: space {space.name!r} does not choose {decision} (it is fixed or absent "
-            f"there); split on one of the decisions it chooses: {', '.join(chosen) or '(none)'}"
+            f"{key}={decision!r}: space {space.name!r} does not choose {decision} (it is fixed or absent "
+            f"there); pick one of the decisions it chooses: {', '.join(chosen) or '(none)'}"
         )
-    return [v for v in options if feasible_draw(space, decision, v, tries=2000, rng=0) is not None]
+    return feasible_values(space, decision, fixed)
 
 
-def feasible_draw(space: TransformerSpace, decision: str, value: Any, *, tries: int = 1000,
+def feasible_values(space: TransformerSpace, decision: str, fixed: dict[str, Any] | None = None) -> list[Any]:
+    """The values of ``decision`` that some architecture meeting the constraints (with ``fixed``) takes."""
+    return [v for v in space.choices()[decision]
+            if feasible_draw(space, {**(fixed or {}), decision: v}, rng=0) is not None]
+
+
+def feasible_draw(space: TransformerSpace, fixed: dict[str, Any], *, tries: int = 20_000,
                   rng: Any = None) -> dict[str, Any] | None:
-    """Random decisions with ``decision`` set to ``value`` that meet the space's constraints (the uniform
-    distribution over the part of the space that takes ``value``), or ``None`` after ``tries`` draws."""
+    """Random decisions with the ``fixed`` ones set that meet the space's constraints (uniform over the part
+    of the space that takes those values: the other decisions uniform, rejected until feasible), or ``None``
+    after ``tries`` draws."""
     import numpy as np
 
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    free = [(name, options) for name, options in space.choices().items() if name not in fixed]
     for _ in range(tries):
-        params = {**space.sample_params(rng), decision: value}
+        params = {**{name: options[int(rng.integers(len(options)))] for name, options in free}, **fixed}
         if space.is_feasible(params):
             return params
     return None

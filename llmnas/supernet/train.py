@@ -111,6 +111,8 @@ class SandwichPlan:
 
     def __init__(self, space: TransformerSpace, cfg: SupernetConfig, part: tuple[str, Any] | None = None) -> None:
         self.space, self.cfg, self.part = space, cfg, part
+        self.balanced = (split_values(space, cfg.balance, "supernet.balance", dict([part]) if part else None)
+                         if cfg.balance else [])
         rng = np.random.default_rng([cfg.seed, 1 << 20])
         pool = [self._draw(rng) for _ in range(cfg.pool_size)]
         archs = [space.decode(p) for p in pool]
@@ -153,13 +155,18 @@ class SandwichPlan:
         return out
 
     def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
-        """Uniformly random feasible decisions (within the part, if any)."""
-        if self.part is None:
+        """Uniformly random feasible decisions (within the part, if any); with ``cfg.balance``, that decision's
+        value first, uniformly among its feasible values, then the rest uniformly given it."""
+        fixed = dict([self.part]) if self.part else {}
+        if self.balanced:
+            fixed[self.cfg.balance] = self.balanced[int(rng.integers(len(self.balanced)))]
+        if not fixed:
             return self.space.sample_params(rng)
-        params = feasible_draw(self.space, *self.part, rng=rng)
+        params = feasible_draw(self.space, fixed, rng=rng)
         if params is None:
-            raise RecipeError(f"supernet.split: no architecture with {self.part[0]}={self.part[1]!r} meets the "
-                              "recipe's constraints in 1000 random draws")
+            what = ", ".join(f"{k}={v!r}" for k, v in fixed.items())
+            raise RecipeError(f"supernet: no architecture with {what} meets the recipe's constraints in 20,000 "
+                              "random draws")
         return params
 
 

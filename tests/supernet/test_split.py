@@ -45,6 +45,30 @@ def test_each_part_trains_only_subnets_of_its_value(quick) -> None:  # noqa: F81
     assert {a.norm for step in range(20) for _, a in whole.archs(step, 0.0)} == {"rmsnorm", "layernorm"}
 
 
+def test_balance_draws_each_width_equally_often(quick) -> None:  # noqa: F811
+    import collections
+
+    space = quick[2].with_constraints(type(quick[2].constraints)(max_params=1_000_000))
+    counts = {}
+    for balance in (None, "d_model"):
+        plan = SandwichPlan(space, SupernetConfig(pool_size=POOL, largest=False, smallest=False, random_subnets=8,
+                                                 balance=balance))
+        archs = [a for step in range(150) for _, a in plan.archs(step, 0.0)]
+        assert all(a.param_counts().total <= 1_000_000 for a in archs)
+        counts[balance] = collections.Counter(a.d_model for a in archs)
+    # under the cap, uniform decisions seldom give the widest models; balanced draws give each width ~1/4
+    assert counts[None][160] < 0.15 * 1200 and set(counts["d_model"]) == {64, 96, 128, 160}
+    assert all(abs(n - 300) < 60 for n in counts["d_model"].values()), counts["d_model"]
+    # within a part of a split supernet too
+    plan = SandwichPlan(space, SupernetConfig(pool_size=POOL, random_subnets=8, balance="d_model"), ("pos", "rope"))
+    archs = [a for step in range(50) for _, a in plan.archs(step, 0.0)]
+    assert {a.pos for a in archs} == {"rope"} and len({a.d_model for a in archs}) == 4
+    with pytest.raises(RecipeError, match="split on it already"):
+        SupernetConfig(split="d_model", balance="d_model")
+    with pytest.raises(RecipeError, match="supernet.balance='tie_embeddings': space 'tiny' does not choose"):
+        SandwichPlan(space, SupernetConfig(pool_size=POOL, balance="tie_embeddings"))
+
+
 def test_split_supernet_trains_one_part_per_value_and_scores_each_subnet_with_its_part(quick, tmp_path) -> None:  # noqa: F811
     recipe, data, space, cfg, _ = quick
     out = tmp_path / "split"
