@@ -1,4 +1,4 @@
-"""``llmnas bench nb201-oneshot``: DARTS, GDAS, ENAS, SPOS and DrNAS on a NAS-Bench-201 cell supernet trained on
+"""``llmnas bench nb201-oneshot``: DARTS, GDAS, ENAS, SPOS, DrNAS and DARTS- on a NAS-Bench-201 cell supernet trained on
 CIFAR-10.
 
 Examples::
@@ -32,7 +32,7 @@ PROTOCOLS = ("cpu", "gpu")
 def register(cmds: argparse._SubParsersAction, table_default: Path) -> None:
     o = cmds.add_parser(
         "nb201-oneshot",
-        help="NAS-Bench-201 one-shot search on real CIFAR-10 (DARTS, GDAS, ENAS, SPOS, DrNAS), found cells looked up",
+        help="NAS-Bench-201 one-shot search on real CIFAR-10 (DARTS, GDAS, ENAS, SPOS, DrNAS, DARTS-), cells looked up",
         description="Train a weight-shared NAS-Bench-201 cell supernet on CIFAR-10's training half with each "
         "strategy, look the found cell up in the 200-epoch table (CIFAR-10, CIFAR-100, ImageNet16-120) and write "
         "a Markdown table (mean ± std over seeds, beside the published rows), a JSON of every run and a PNG into "
