@@ -2,11 +2,12 @@
 
     accelerate launch ... tests/supernet/dist_supernet.py OUT_DIR TOKEN_CACHE
 
-Two supernet trainings, one after the other in the same processes, on the quickstart recipe's corpus:
+Three supernet trainings, one after the other in the same processes, on the quickstart recipe's corpus:
 
 1. ``sandwich``: largest + smallest + 2 random subnets per step, in-place distillation on (3 steps);
 2. ``no-largest``: the smallest and one random subnet only, so most weights get no gradient from any
-   subnet at some step (what DDP's reducer must survive) (2 steps).
+   subnet at some step (what DDP's reducer must survive) (2 steps);
+3. ``split``: a few-shot supernet split on the norm, its two parts trained one after the other (2 steps each).
 
 A global forward pre-hook notes every training forward of the SuperNet (which architecture, which
 sequences): nothing of the training code is replaced. After every optimizer step the weights' hash is
@@ -34,6 +35,8 @@ SCENARIOS: dict[str, tuple[SupernetConfig, int]] = {
     "sandwich": (SupernetConfig(largest=True, smallest=True, random_subnets=2, distill=0.5, pool_size=200), 3),
     "no-largest": (SupernetConfig(largest=False, smallest=True, random_subnets=1, pool_size=200, seed=1), 2),
 }
+#: then a few-shot supernet split on the norm: one part per value, trained one after the other (2 steps each)
+SPLIT = (SupernetConfig(largest=False, smallest=False, random_subnets=1, pool_size=200, split="norm", seed=2), 2)
 BATCH = 2  # per process
 
 
@@ -91,7 +94,7 @@ def main(out: Path, cache: str) -> None:
         "world_size": dist.get_world_size() if dist.is_initialized() else 1,
         "distributed_type": str(accelerator.distributed_type),
     }
-    for name, (sn, steps) in SCENARIOS.items():
+    for name, (sn, steps) in {**SCENARIOS, "split": SPLIT}.items():
         rec = Recorder()
         handle = register_module_forward_pre_hook(rec.hook)
         try:
@@ -100,7 +103,8 @@ def main(out: Path, cache: str) -> None:
         finally:
             handle.remove()
         record[name] = {"forwards": rec.forwards, "hashes": rec.hashes, "steps": result.steps,
-                        "path": str(result.path), "scores": result.scores}
+                        "path": str(result.path), "scores": result.scores, "parts": result.parts,
+                        "finished": result.finished}
     (out / f"rank{rank}.json").write_text(json.dumps(record))
 
 

@@ -1,6 +1,6 @@
 """Supernet training on two real processes: DDP over gloo, and DeepSpeed ZeRO-2 on its CPU accelerator.
 
-Each launch runs ``tests/supernet/dist_supernet.py`` (two trainings in the same two processes); the tests
+Each launch runs ``tests/supernet/dist_supernet.py`` (three trainings in the same two processes); the tests
 read what every process wrote: the architectures and sequences each SuperNet forward got, and the weights'
 hash after every optimizer step.
 """
@@ -17,10 +17,13 @@ import torch
 from safetensors.torch import load_file
 
 from llmnas.search.engine import prepare_space, recipe_data
+from llmnas.supernet import load_supernet
+from llmnas.supernet.checkpoint import latest_checkpoint
+from llmnas.supernet.split import SplitSuperNet
 from llmnas.supernet.train import SandwichPlan, train_supernet
 from llmnas.train import make_accelerator
 from tests.conftest import launch_two_processes
-from tests.supernet.dist_supernet import BATCH, SCENARIOS, recipe, train_config, weights_hash
+from tests.supernet.dist_supernet import BATCH, SCENARIOS, SPLIT, recipe, train_config, weights_hash
 
 SCRIPT = Path(__file__).with_name("dist_supernet.py")
 
@@ -75,6 +78,24 @@ def check_ranks(ranks: list[dict], corpus) -> None:
         assert runs[0]["scores"] == runs[1]["scores"] and set(runs[0]["scores"]) == {"largest", "smallest"}
 
 
+def check_split(ranks: list[dict], corpus) -> None:
+    """The split supernet under two processes: both trained each part's plan in order, with equal weights
+    after every step, and the folder loads as one supernet."""
+    _, _, _, space = corpus
+    sn, steps = SPLIT
+    runs = [r["split"] for r in ranks]
+    assert [(r["parts"], r["finished"], r["steps"]) for r in runs] == [(2, True, steps)] * 2
+    expected = [a.id for value in ("rmsnorm", "layernorm")
+                for t in range(steps) for _, a in SandwichPlan(space, sn, ("norm", value)).archs(t, t / steps)]
+    assert [f["arch"] for f in runs[0]["forwards"]] == [f["arch"] for f in runs[1]["forwards"]] == expected
+    assert len(runs[0]["hashes"]) == 2 * steps and runs[0]["hashes"] == runs[1]["hashes"]
+    folder = Path(runs[0]["path"])
+    ckpt = load_supernet(folder)
+    assert isinstance(ckpt.net, SplitSuperNet) and ckpt.meta["split"]["values"] == ["rmsnorm", "layernorm"]
+    last = load_file(str(latest_checkpoint(folder / "norm-layernorm") / "supernet.safetensors"))
+    assert weights_hash(last) == runs[0]["hashes"][-1]
+
+
 def check_against_one_process(tmp_path: Path, mode: str, corpus) -> None:
     """The two-process sandwich run equals one process training on both shards at once (batch 2 x 2)."""
     _, r, data, space = corpus
@@ -92,6 +113,7 @@ def test_ddp_on_two_processes(tmp_path, corpus) -> None:
     ranks = launch(tmp_path, corpus[0], "ddp")
     assert all(r["distributed_type"] == "DistributedType.MULTI_CPU" for r in ranks)
     check_ranks(ranks, corpus)
+    check_split(ranks, corpus)
     check_against_one_process(tmp_path, "ddp", corpus)
 
 
@@ -101,4 +123,5 @@ def test_deepspeed_zero2_on_two_cpu_processes(tmp_path, corpus) -> None:
     ranks = launch(tmp_path, corpus[0], "deepspeed")
     assert all(r["distributed_type"] == "DistributedType.DEEPSPEED" for r in ranks)
     check_ranks(ranks, corpus)
+    check_split(ranks, corpus)
     check_against_one_process(tmp_path, "deepspeed", corpus)
