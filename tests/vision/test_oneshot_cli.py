@@ -64,7 +64,7 @@ def test_cli_writes_table_json_and_png(paths, tmp_path, capsys):
     ("args", "message"),
     [
         (["--strategies", "darts,bogus"],
-         "unknown one-shot strategy 'bogus' (allowed: darts, gdas, enas, spos, drnas)"),
+         "unknown one-shot strategy 'bogus' (allowed: darts, gdas, enas, spos, drnas, darts_minus)"),
         (["--strategies", ","], "names no strategy"),
         (["--seeds", "0"], "--seeds 0: need at least 1"),
         (["--seeds", "-2"], "--seeds -2: need at least 1"),
