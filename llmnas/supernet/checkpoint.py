@@ -211,6 +211,5 @@ def _load_split(location: Path, device: str | torch.device) -> SupernetCheckpoin
             "scores": by_part(record["values"], [m["scores"] for m in metas])}
     digest = hashlib.sha256(" ".join(ids).encode()).hexdigest()[:12]
     tokenizer_from = location / record["parts"][str(record["values"][0])]
-    ckpt = SupernetCheckpoint(net=SplitSuperNet(decision, parts).eval(), meta=meta, path=location, id=digest)
-    ckpt.tokenizer = (latest_checkpoint(tokenizer_from) or tokenizer_from) / TOKENIZER
-    return ckpt
+    return SupernetCheckpoint(net=SplitSuperNet(decision, parts).eval(), meta=meta, path=location, id=digest,
+                              tokenizer=(latest_checkpoint(tokenizer_from) or tokenizer_from) / TOKENIZER)

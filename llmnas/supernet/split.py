@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -70,8 +71,6 @@ def feasible_draw(space: TransformerSpace, fixed: dict[str, Any], *, tries: int 
     """Random decisions with the ``fixed`` ones set that meet the space's constraints (uniform over the part
     of the space that takes those values: the other decisions uniform, rejected until feasible), or ``None``
     after ``tries`` draws."""
-    import numpy as np
-
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
     free = [(name, options) for name, options in space.choices().items() if name not in fixed]
     for _ in range(tries):
