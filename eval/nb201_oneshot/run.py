@@ -15,6 +15,10 @@ Each stage is one ``llmnas bench nb201-oneshot`` invocation (results under ``eva
   and 8 epochs (as ``darts_8ep``; fixed before any DARTS- run, nothing tuned), seeds 0-2: ``results/darts_minus/``.
 - ``drnas_2ep``, ``darts_8ep`` -- equal-budget diagnostics for the ``drnas`` stage, seeds 0-2: DrNAS at DARTS's
   2 epochs (``results/drnas_2ep/``) and DARTS at DrNAS's 8 (``results/darts_8ep/``).
+- ``pt_tune_darts``, ``pt_tune_blank`` -- perturbation selection (DARTS-PT) after DARTS's 8-epoch search, and after
+  8 epochs with the architecture weights fixed (the uniform mixture), on seeds 100-101 (never reported):
+  ``results/pt_tune/`` and its ``RULE.md``, which picks one of them; ``darts_pt`` / ``blank_pt`` -- that one on
+  seeds 0-2: ``results/darts_pt/`` or ``results/blank_pt/``.
 - ``gpu`` -- NAS-Bench-201's own protocol (C = 16, N = 5, 50 epochs on the full 25,000 + 25,000 images,
   architecture Adam 3e-4) from ``gpu.yaml``; needs a CUDA device (not run here).
 
@@ -34,6 +38,8 @@ from llmnas.cli import main as llmnas
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+#: perturbation selection at DARTS's 8 epochs, one epoch of training between edge decisions, all 5,000 validation images
+PT = ["--set", "epochs={darts: 8}", "--set", "select=perturbation", "--set", "pt_tune_epochs=1"]
 STAGES = {
     "cpu": ["--seeds", "3", "--seed", "0", "--workers", "2", "--out", str(RESULTS / "cpu")],
     "tune": ["--seeds", "1", "--seed", "100", "--workers", "2", "--out", str(RESULTS / "tune")],
@@ -55,10 +61,18 @@ STAGES = {
     "darts_8ep": ["--seeds", "3", "--seed", "0", "--set", "epochs={darts: 8}", "--out", str(RESULTS / "darts_8ep")],
     # DARTS- (auxiliary skip, beta 1 -> 0): DARTS's settings at the 8 epochs of darts_8ep, fixed in advance, seeds 0-2
     "darts_minus": ["--seeds", "3", "--seed", "0", "--out", str(RESULTS / "darts_minus")],
+    # perturbation selection (DARTS-PT): two variants tuned on seeds 100-101 by results/pt_tune/RULE.md, then
+    # the chosen one on seeds 0-2 (darts_pt: DARTS's search then PT; blank_pt: architecture weights fixed, then PT)
+    "pt_tune_darts": ["--seeds", "2", "--seed", "100", *PT, "--out", str(RESULTS / "pt_tune" / "darts_pt")],
+    "pt_tune_blank": ["--seeds", "2", "--seed", "100", *PT, "--set", "arch_lr=0",
+                      "--out", str(RESULTS / "pt_tune" / "blank_pt")],
+    "darts_pt": ["--seeds", "3", "--seed", "0", *PT, "--out", str(RESULTS / "darts_pt")],
+    "blank_pt": ["--seeds", "3", "--seed", "0", *PT, "--set", "arch_lr=0", "--out", str(RESULTS / "blank_pt")],
 }
 #: stages that run one strategy whatever --strategies says
 ONLY = {"collapse1000": "darts", "collapse500": "darts", "darts_8ep": "darts", "darts_minus": "darts_minus",
-        **{s: "drnas" for s in ("drnas", "drnas_tune", "drnas_tune8", "drnas_2ep")}}
+        **{s: "drnas" for s in ("drnas", "drnas_tune", "drnas_tune8", "drnas_2ep")},
+        **{s: "darts" for s in ("pt_tune_darts", "pt_tune_blank", "darts_pt", "blank_pt")}}
 
 
 def main(argv: list[str] | None = None) -> int:

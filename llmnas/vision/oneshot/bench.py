@@ -117,6 +117,7 @@ def run_bench(
 ) -> list[dict[str, Any]]:
     """Run every (strategy, seed); ``runs.json`` in ``out`` is rewritten after each run (``resume`` keeps the
     runs already there that used the same settings; ``report_only`` keeps them and runs nothing)."""
+    cfg.check_strategies(strategies)
     resume = resume or report_only
     path = out / "runs.json"
     if report_only and not path.exists():
@@ -137,6 +138,8 @@ def run_bench(
 
     def add(result: dict[str, Any]) -> None:
         result["table"] = cell_record(result["cell"], table)
+        if "argmax_cell" in result["extra"]:
+            result["table_argmax"] = cell_record(result["extra"]["argmax_cell"], table)
         runs.append(result)
         _write_json(path, runs)
         t = result["table"]
@@ -185,13 +188,41 @@ def summary_table(runs: list[dict[str, Any]], table: NB201Table, strategies: Seq
             continue
         accs = [_pm([r["table"][d] for r in rs]) for d in DATASETS]
         share = 100 * float(np.mean([r["table"]["parameter_free"] for r in rs]))
-        lines.append(f"| **{TITLES[s]}** (this run) | {len(rs)} | " + " | ".join(accs)
+        lines.append(f"| **{title(s, rs[0]['config'])}** (this run) | {len(rs)} | " + " | ".join(accs)
                      + f" | {_pm([r['wall_seconds'] for r in rs], 0)} | {share:.0f} % | this benchmark |")
     for name, accs, source in PUBLISHED:
         lines.append(f"| {name} (published) | | " + " | ".join(f"{m:.2f} ± {sd:.2f}" for m, sd in accs)
                      + f" | | | {source} |")
     lines.append("| optimal cell in the table | | " + " | ".join(f"{b:.2f}" for b in best)
                  + " | | | the 200-epoch table |")
+    return "\n".join(lines)
+
+
+def title(strategy: str, config: dict[str, Any]) -> str:
+    """The strategy's name, with the settings that change what it is (fixed architecture weights, selection)."""
+    name = TITLES[strategy]
+    if strategy in WEIGHTED and config.get("arch_lr", 1) == 0:
+        name += ", architecture weights fixed"
+    if config.get("select", "argmax") == "perturbation":
+        name += " + perturbation selection"
+    return name
+
+
+def selection_table(runs: list[dict[str, Any]]) -> str:
+    """Perturbation-selected cells beside the largest-weight (argmax) cells of the same supernets."""
+    rs = [r for r in runs if "table_argmax" in r]
+    if not rs:
+        return ""
+    lines = ["| strategy | seed | argmax cell | " + " | ".join(DATASET_TITLES[d] for d in DATASETS)
+             + " | perturbation cell | " + " | ".join(DATASET_TITLES[d] for d in DATASETS) + " | selection (s) |",
+             "|" + "---|" * (5 + 2 * len(DATASETS))]
+    for r in rs:
+        a, p = r["table_argmax"], r["table"]
+        lines.append(f"| {r['strategy']} | {r['seed']} | `{r['extra']['argmax_cell']}` | "
+                     + " | ".join(f"{a[d]:.2f}" for d in DATASETS) + f" | `{r['cell']}` | "
+                     + " | ".join(f"{p[d]:.2f}" for d in DATASETS) + f" | {r['extra']['select_seconds']:.0f} |")
+    lines.append("| mean | | | " + " | ".join(f"{np.mean([r['table_argmax'][d] for r in rs]):.2f}" for d in DATASETS)
+                 + " | | " + " | ".join(f"{np.mean([r['table'][d] for r in rs]):.2f}" for d in DATASETS) + " | |")
     return "\n".join(lines)
 
 
@@ -262,6 +293,12 @@ def write_outputs(runs: list[dict[str, Any]], table: NB201Table, strategies: Seq
         summary_table(runs, table, strategies),
         "## Found cells",
         cells_table(runs),
+        *(["## Perturbation selection (DARTS-PT) against the largest weight, on the same supernets",
+           "The argmax cell is the op of largest architecture weight per edge at the end of the search; the "
+           f"perturbation cell fixes the edges one at a time by the op whose removal lowers the mixture's accuracy "
+           f"on {c['pt_images'] or c['valid_images'] or 25000} validation images most, with {c['pt_tune_epochs']} "
+           "epoch(s) of training between decisions (the selection column: its time).",
+           selection_table(runs)] if selection_table(runs) else []),
         *(["## Architecture weights at the end of the search (softmax, DrNAS: Dirichlet mean; mean over edges and "
            "seeds; uniform = 0.200)",
             weights_table(runs)] if weights_table(runs) else []),

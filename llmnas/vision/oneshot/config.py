@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -10,6 +11,9 @@ from llmnas.errors import RecipeError
 
 STRATEGIES = ("darts", "gdas", "enas", "spos", "drnas", "darts_minus")
 DRNAS_REGULARISERS = ("l2", "kl")
+SELECTIONS = ("argmax", "perturbation")
+#: Strategies whose supernet is trained as a weighted mixture of all ops: the ones perturbation selection applies to.
+MIXTURE_STRATEGIES = ("darts", "darts_minus", "drnas")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,7 +37,9 @@ class OneShotConfig:
     weight_decay: float = 5e-4
     grad_clip: float = 5.0
     arch_lr: float = 3e-3
-    """Adam step of DARTS's, GDAS's and DrNAS's architecture parameters (NAS-Bench-201: 3e-4 over 50 epochs)."""
+    """Adam step of DARTS's, GDAS's and DrNAS's architecture parameters (NAS-Bench-201: 3e-4 over 50 epochs);
+    ``0`` keeps them fixed at their near-uniform start and skips the architecture steps (DARTS-PT's "fixed alpha":
+    the supernet trains as the uniform mixture of all ops)."""
     arch_weight_decay: float = 1e-3
     """Adam weight decay of DARTS's and GDAS's logits (DrNAS uses its own regulariser instead, ``drnas_reg``)."""
     drnas_reg: str = "l2"
@@ -43,6 +49,16 @@ class OneShotConfig:
     """Its scale (DrNAS on NAS-Bench-201: 1e-3; ``0`` switches it off)."""
     aux_skip: float = 1.0
     """DARTS-'s auxiliary skip weight at the start of the search (decays linearly to 0; its paper's 1.0)."""
+    select: str = "argmax"
+    """How DARTS, DARTS- and DrNAS name the found cell: ``argmax`` (the op of largest weight per edge) or
+    ``perturbation`` (DARTS-PT, Wang et al., ICLR 2021: edge by edge in a random order, the op whose removal from
+    the trained mixture lowers validation accuracy most, the edge then fixed to it, with ``pt_tune_epochs`` of
+    further training between decisions)."""
+    pt_tune_epochs: int = 1
+    """Perturbation selection: epochs of training (weights and the remaining architecture parameters, learning
+    rate ``lr / 10``) between two edge decisions (DARTS-PT on NAS-Bench-201: 5 after a 100-epoch search)."""
+    pt_images: int = 0
+    """Perturbation selection: validation images each removal is measured on (``0``: all ``valid_images``)."""
     tau_max: float = 10.0
     """GDAS's Gumbel-softmax temperature, annealed linearly from ``tau_max`` to ``tau_min``."""
     tau_min: float = 0.1
@@ -88,11 +104,27 @@ class OneShotConfig:
             raise RecipeError(f"drnas_reg_scale={self.drnas_reg_scale!r} must be a finite number, 0 or more")
         if not isinstance(self.aux_skip, int | float) or not math.isfinite(self.aux_skip) or self.aux_skip < 0:
             raise RecipeError(f"aux_skip={self.aux_skip!r} must be a finite number, 0 or more")
+        if not isinstance(self.arch_lr, int | float) or not math.isfinite(self.arch_lr) or self.arch_lr < 0:
+            raise RecipeError(f"arch_lr={self.arch_lr!r} must be a finite number, 0 or more")
+        if self.select not in SELECTIONS:
+            raise RecipeError(f"select={self.select!r} is not a selection rule (allowed: {', '.join(SELECTIONS)})")
+        for name in ("pt_tune_epochs", "pt_images"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise RecipeError(f"one-shot setting {name}={getattr(self, name)!r} must be a whole number, 0 or more")
         if not 0 < self.tau_min <= self.tau_max:
             raise RecipeError(f"tau_min={self.tau_min}, tau_max={self.tau_max}: need 0 < tau_min <= tau_max")
         for name, n in (self.epochs or {}).items():
             if name not in STRATEGIES or not isinstance(n, int) or n < 1:
                 raise RecipeError(f"epochs: {name}={n!r} (strategies {', '.join(STRATEGIES)}, at least 1 epoch)")
+
+    def check_strategies(self, strategies: Sequence[str]) -> None:
+        """Refuse a selection rule that a strategy cannot use (before any search runs)."""
+        if self.select == "perturbation":
+            other = [s for s in strategies if s not in MIXTURE_STRATEGIES]
+            if other:
+                raise RecipeError(f"select=perturbation needs a supernet trained as a mixture of all ops; "
+                                  f"{', '.join(other)} do(es) not train one (allowed with it: "
+                                  f"{', '.join(MIXTURE_STRATEGIES)})")
 
     def epochs_of(self, strategy: str) -> int:
         return {**CPU_EPOCHS, **(self.epochs or {})}[strategy]

@@ -21,7 +21,8 @@ from llmnas.errors import RecipeError
 from llmnas.vision.data import ImageData, augment, nb201_split, normalise
 from llmnas.vision.oneshot.config import STRATEGIES, OneShotConfig
 from llmnas.vision.oneshot.evaluate import CellScorer
-from llmnas.vision.oneshot.strategies import STRATEGY_CLASSES, Strategy
+from llmnas.vision.oneshot.select import perturbation_select
+from llmnas.vision.oneshot.strategies import STRATEGY_CLASSES, Strategy, _ArchLogits
 from llmnas.vision.oneshot.supernet import CellSuperNet
 
 
@@ -102,7 +103,8 @@ def run_search(
     seed: int,
     log: Callable[[str], None] | None = None,
 ) -> SearchResult:
-    """Train the supernet with ``strategy`` for ``cfg.epochs_of(strategy)`` epochs and return the found cell."""
+    """Train the supernet with ``strategy`` for ``cfg.epochs_of(strategy)`` epochs and return the found cell
+    (``cfg.select``: by the largest architecture weight per edge, or by perturbation, :mod:`.select`)."""
     if strategy not in STRATEGY_CLASSES:
         raise RecipeError(f"unknown one-shot strategy {strategy!r} (allowed: {', '.join(STRATEGIES)})")
     threads = torch.get_num_threads()
@@ -114,6 +116,7 @@ def run_search(
 
 
 def _run(strategy: str, data: ImageData, cfg: OneShotConfig, seed: int, log: Callable[[str], None]) -> SearchResult:
+    cfg.check_strategies([strategy])
     torch.manual_seed(seed)
     halves = SearchData.build(data, cfg)
     net = CellSuperNet(cfg.C, cfg.N, num_classes=len(data.classes), in_channels=int(data.train_x.shape[1]))
@@ -128,20 +131,38 @@ def _run(strategy: str, data: ImageData, cfg: OneShotConfig, seed: int, log: Cal
     history: list[dict[str, Any]] = []
     losses: list[tuple[float, float]] = []
     t0 = time.perf_counter()
-    net.train()
-    for step in range(1, total + 1):
-        losses.append(strat.step(next(train), next(valid) if valid is not None else None))
-        if step % every == 0 or step == total:
-            loss, acc = (sum(v) / len(losses) for v in zip(*losses, strict=True))
-            history.append({"step": step, "epoch": round(step / halves.steps_per_epoch, 3),
-                            "train_loss": round(loss, 4), "train_acc": round(acc, 2), **strat.snapshot()})
-            losses.clear()
-            log(f"{strategy} seed {seed}: epoch {history[-1]['epoch']:.2f}/{epochs}, loss {loss:.3f}, "
-                f"acc {acc:.1f}%, {time.perf_counter() - t0:.0f} s")
+
+    def train_steps(n: int, phase: str) -> None:
+        net.train()
+        for _ in range(n):
+            losses.append(strat.step(next(train), next(valid) if valid is not None else None))
+            step = strat.steps
+            if step % every == 0 or step == total:
+                loss, acc = (sum(v) / len(losses) for v in zip(*losses, strict=True))
+                history.append({"step": step, "epoch": round(step / halves.steps_per_epoch, 3),
+                                "train_loss": round(loss, 4), "train_acc": round(acc, 2), **strat.snapshot(),
+                                **({"phase": phase} if phase != "search" else {})})
+                losses.clear()
+                log(f"{strategy} seed {seed}: {phase} epoch {history[-1]['epoch']:.2f}/{epochs}, loss {loss:.3f}, "
+                    f"acc {acc:.1f}%, {time.perf_counter() - t0:.0f} s")
+
+    train_steps(total, "search")
     train_seconds = time.perf_counter() - t0
     cell, extra = strat.finish(halves.scorer(net, cfg))
+    if cfg.select == "perturbation":
+        assert isinstance(strat, _ArchLogits)
+        strat.lr_override = cfg.lr / 10
+
+        def tune() -> None:
+            train_steps(cfg.pt_tune_epochs * halves.steps_per_epoch, "select")
+
+        images = halves.fixed("valid", cfg.pt_images or len(halves.valid_idx))
+        argmax = cell
+        cell, record = perturbation_select(strat, images, tune, log)
+        extra = {**extra, "argmax_cell": argmax.to_str(), "perturbation": record,
+                 "select_seconds": round(time.perf_counter() - t0 - train_seconds, 1)}
     wall = time.perf_counter() - t0
     log(f"{strategy} seed {seed}: found {cell} in {wall:.0f} s")
     return SearchResult(strategy=strategy, seed=seed, cell=cell.to_str(), wall_seconds=round(wall, 1),
-                        train_seconds=round(train_seconds, 1), steps=total, history=history, extra=extra,
+                        train_seconds=round(train_seconds, 1), steps=strat.steps, history=history, extra=extra,
                         config=cfg.to_dict())

@@ -87,6 +87,8 @@ class Strategy:
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.steps = 0
+        self.lr_override: float | None = None
+        """A constant learning rate for the weights instead of the cosine schedule (training after the search)."""
 
     # ------------------------------------------------------------------ shared pieces
     def progress(self) -> float:
@@ -94,7 +96,10 @@ class Strategy:
 
     def set_lr(self) -> None:
         cfg = self.cfg
-        lr = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * self.progress()))
+        if self.lr_override is not None:
+            lr = self.lr_override
+        else:
+            lr = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, self.progress())))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -131,9 +136,29 @@ class _ArchLogits(Strategy):
         self.alpha = nn.Parameter(init.to(cfg.device))
         self.arch_optimizer = torch.optim.Adam([self.alpha], lr=cfg.arch_lr, betas=(0.5, 0.999),
                                                weight_decay=cfg.arch_weight_decay)
+        self.projected: dict[int, int] = {}
+        """Edges already fixed to one op (perturbation selection): ``edge -> op index``."""
+
+    def project(self, weights: torch.Tensor) -> torch.Tensor:
+        """``weights`` with the rows of the fixed edges replaced by their one-hot op (no gradient there)."""
+        if not self.projected:
+            return weights
+        fixed = torch.zeros_like(weights)
+        mask = torch.zeros(weights.shape[0], 1, dtype=torch.bool, device=weights.device)
+        for e, k in self.projected.items():
+            fixed[e, k] = 1.0
+            mask[e] = True
+        return torch.where(mask, fixed, weights)
+
+    def mixture(self) -> torch.Tensor:
+        """The op weights the supernet runs with outside a stochastic step (fixed edges one-hot)."""
+        return self.project(self.op_weights())
 
     def arch_step(self, batch: Batch, arch: Arch) -> None:
-        """One Adam step of the logits on a validation batch; the shared weights get no gradient from it."""
+        """One Adam step of the logits on a validation batch; the shared weights get no gradient from it.
+        With ``arch_lr`` 0 the logits stay where they started and the step is skipped."""
+        if self.cfg.arch_lr == 0:
+            return
         x, y = batch
         loss = F.cross_entropy(self.net(x, arch), y)
         penalty = self.arch_penalty()
@@ -164,22 +189,22 @@ class Darts(_ArchLogits):
 
     def step(self, train: Batch, valid: Batch | None) -> tuple[float, float]:
         assert valid is not None
-        self.arch_step(valid, self.alpha.softmax(-1))
-        return self.weight_step(train, self.op_weights())
+        self.arch_step(valid, self.project(self.alpha.softmax(-1)))
+        return self.weight_step(train, self.mixture())
 
 
 class DartsMinus(Darts):
     name = "darts_minus"
 
     def beta(self) -> float:
-        """The auxiliary skip's weight: ``aux_skip`` at the start, linearly down to 0 at the end."""
+        """The auxiliary skip's weight: ``aux_skip`` at the start, linearly down to 0 at the end (0 after it)."""
         return self.cfg.aux_skip * max(0.0, 1.0 - self.progress())
 
     def step(self, train: Batch, valid: Batch | None) -> tuple[float, float]:
         assert valid is not None
         beta = self.beta()
-        self.arch_step(valid, AuxSkip(self.alpha.softmax(-1), beta))
-        return self.weight_step(train, AuxSkip(self.op_weights(), beta))
+        self.arch_step(valid, AuxSkip(self.project(self.alpha.softmax(-1)), beta))
+        return self.weight_step(train, AuxSkip(self.mixture(), beta))
 
     def snapshot(self) -> dict[str, Any]:
         return {**super().snapshot(), "aux_skip": round(self.beta(), 4)}
@@ -252,10 +277,11 @@ class Drnas(_ArchLogits):
 
     def step(self, train: Batch, valid: Batch | None) -> tuple[float, float]:
         assert valid is not None
-        self.arch_step(valid, self.sample())
+        if self.cfg.arch_lr != 0:  # (a skipped step draws no sample: the weight step's draws stay in sequence)
+            self.arch_step(valid, self.project(self.sample()))
         with torch.no_grad():
             weights = self.sample()  # a fresh sample for the weight step, no graph to alpha
-        return self.weight_step(train, weights)
+        return self.weight_step(train, self.project(weights))
 
     def snapshot(self) -> dict[str, Any]:
         beta = self.concentration().detach()
