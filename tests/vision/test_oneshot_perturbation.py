@@ -76,6 +76,7 @@ def test_edges_are_fixed_one_by_one_to_the_op_whose_removal_costs_most(oneshot_b
     # fixed edges get no architecture gradient any more, and the same seed gives the same cell
     s.alpha.grad = None
     s.arch_step((v1[0], v1[1]), s.project(s.alpha.softmax(-1)))
+    assert s.alpha.grad is not None and torch.equal(s.alpha.grad, torch.zeros_like(s.alpha))
     again = strategy()
     for train, valid in ((t1, v1), (t2, v2)):
         again.step(train, valid)
