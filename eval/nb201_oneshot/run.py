@@ -66,8 +66,9 @@ STAGES = {
     "pt_tune_darts": ["--seeds", "2", "--seed", "100", *PT, "--out", str(RESULTS / "pt_tune" / "darts_pt")],
     "pt_tune_blank": ["--seeds", "2", "--seed", "100", *PT, "--set", "arch_lr=0",
                       "--out", str(RESULTS / "pt_tune" / "blank_pt")],
-    "darts_pt": ["--seeds", "3", "--seed", "0", *PT, "--out", str(RESULTS / "darts_pt")],
-    "blank_pt": ["--seeds", "3", "--seed", "0", *PT, "--set", "arch_lr=0", "--out", str(RESULTS / "blank_pt")],
+    "darts_pt": ["--seeds", "3", "--seed", "0", *PT, "--workers", "2", "--out", str(RESULTS / "darts_pt")],
+    "blank_pt": ["--seeds", "3", "--seed", "0", *PT, "--set", "arch_lr=0", "--workers", "2",
+                 "--out", str(RESULTS / "blank_pt")],
 }
 #: stages that run one strategy whatever --strategies says
 ONLY = {"collapse1000": "darts", "collapse500": "darts", "darts_8ep": "darts", "darts_minus": "darts_minus",
