@@ -20,7 +20,8 @@ Each stage is one ``llmnas bench nb201-oneshot`` invocation (results under ``eva
   ``results/pt_tune/`` and its ``RULE.md``, which picks one of them; ``darts_pt`` / ``blank_pt`` -- that one on
   seeds 0-2: ``results/darts_pt/`` or ``results/blank_pt/``.
 - ``gpu`` -- NAS-Bench-201's own protocol (C = 16, N = 5, 50 epochs on the full 25,000 + 25,000 images,
-  architecture Adam 3e-4) from ``gpu.yaml``; needs a CUDA device (not run here).
+  architecture Adam 3e-4) from ``gpu.yaml``; needs a CUDA device (not run here). ``gpu_pt``: DARTS on the same
+  protocol with perturbation selection, 5 epochs between edge decisions (DARTS-PT's interval; not run here).
 
     python eval/nb201_oneshot/run.py                    # stage cpu (about 1-1.5 hours on 2 shared cores)
     python eval/nb201_oneshot/run.py --stages tune
@@ -44,6 +45,9 @@ STAGES = {
     "cpu": ["--seeds", "3", "--seed", "0", "--workers", "2", "--out", str(RESULTS / "cpu")],
     "tune": ["--seeds", "1", "--seed", "100", "--workers", "2", "--out", str(RESULTS / "tune")],
     "gpu": ["--seeds", "3", "--seed", "0", "--config", str(HERE / "gpu.yaml"), "--out", str(RESULTS / "gpu")],
+    # DARTS-PT's own NAS-Bench-201 setting on a GPU: DARTS's 50-epoch search, then 5 epochs between edge decisions
+    "gpu_pt": ["--seeds", "3", "--seed", "0", "--config", str(HERE / "gpu.yaml"), "--set", "select=perturbation",
+               "--set", "pt_tune_epochs=5", "--out", str(RESULTS / "gpu_pt")],
     # DARTS run longer on a small training set, architecture lr 1e-2: the onset of its collapse (DARTS only)
     "collapse1000": ["--seeds", "1", "--seed", "0", "--set", "train_images=1000", "--set", "valid_images=1000",
                      "--set", "epochs={darts: 20}", "--set", "arch_lr=0.01", "--set", "snapshots_per_epoch=1",
@@ -73,7 +77,7 @@ STAGES = {
 #: stages that run one strategy whatever --strategies says
 ONLY = {"collapse1000": "darts", "collapse500": "darts", "darts_8ep": "darts", "darts_minus": "darts_minus",
         **{s: "drnas" for s in ("drnas", "drnas_tune", "drnas_tune8", "drnas_2ep")},
-        **{s: "darts" for s in ("pt_tune_darts", "pt_tune_blank", "darts_pt", "blank_pt")}}
+        **{s: "darts" for s in ("pt_tune_darts", "pt_tune_blank", "darts_pt", "blank_pt", "gpu_pt")}}
 
 
 def main(argv: list[str] | None = None) -> int:
