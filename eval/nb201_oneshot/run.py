@@ -18,7 +18,8 @@ Each stage is one ``llmnas bench nb201-oneshot`` invocation (results under ``eva
 - ``pt_tune_darts``, ``pt_tune_blank`` -- perturbation selection (DARTS-PT) after DARTS's 8-epoch search, and after
   8 epochs with the architecture weights fixed (the uniform mixture), on seeds 100-101 (never reported):
   ``results/pt_tune/`` and its ``RULE.md``, which picks one of them; ``darts_pt`` / ``blank_pt`` -- that one on
-  seeds 0-2: ``results/darts_pt/`` or ``results/blank_pt/``.
+  seeds 0-2: ``results/darts_pt/`` or ``results/blank_pt/``; ``drnas_pt`` -- the same selection on the ``drnas``
+  stage's 8-epoch DrNAS supernets, seeds 0-2, not tuned: ``results/drnas_pt/``.
 - ``gpu`` -- NAS-Bench-201's own protocol (C = 16, N = 5, 50 epochs on the full 25,000 + 25,000 images,
   architecture Adam 3e-4) from ``gpu.yaml``; needs a CUDA device (not run here). ``gpu_pt``: DARTS on the same
   protocol with perturbation selection, 5 epochs between edge decisions (DARTS-PT's interval; not run here).
@@ -71,12 +72,15 @@ STAGES = {
     "pt_tune_blank": ["--seeds", "2", "--seed", "100", *PT, "--set", "arch_lr=0",
                       "--out", str(RESULTS / "pt_tune" / "blank_pt")],
     "darts_pt": ["--seeds", "3", "--seed", "0", *PT, "--workers", "2", "--out", str(RESULTS / "darts_pt")],
+    # the chosen selection applied unchanged to DrNAS's 8-epoch supernet (the drnas stage's), seeds 0-2, not tuned
+    "drnas_pt": ["--seeds", "3", "--seed", "0", "--set", "epochs={drnas: 8}", "--set", "select=perturbation",
+                 "--set", "pt_tune_epochs=1", "--workers", "2", "--out", str(RESULTS / "drnas_pt")],
     "blank_pt": ["--seeds", "3", "--seed", "0", *PT, "--set", "arch_lr=0", "--workers", "2",
                  "--out", str(RESULTS / "blank_pt")],
 }
 #: stages that run one strategy whatever --strategies says
 ONLY = {"collapse1000": "darts", "collapse500": "darts", "darts_8ep": "darts", "darts_minus": "darts_minus",
-        **{s: "drnas" for s in ("drnas", "drnas_tune", "drnas_tune8", "drnas_2ep")},
+        **{s: "drnas" for s in ("drnas", "drnas_tune", "drnas_tune8", "drnas_2ep", "drnas_pt")},
         **{s: "darts" for s in ("pt_tune_darts", "pt_tune_blank", "darts_pt", "blank_pt", "gpu_pt")}}
 
 
