@@ -134,14 +134,14 @@ def test_selection_settings_are_checked():
         cfg.check_strategies(["darts", "gdas", "spos"])
 
 
-def test_cli_refuses_perturbation_for_a_single_path_strategy_before_running(tmp_path, capsys):
+def test_cli_refuses_perturbation_for_a_single_path_strategy_before_loading_anything(tmp_path, capsys, image_cache):
     images, data = shared_data("images/cifar10_jpg.tar.gz"), shared_data("nasbench201")
     out = tmp_path / "refused"
     code = main(["bench", "nb201-oneshot", "--images", str(images), "--data", str(data), "--seeds", "1",
                  "--out", str(out), *TINY, "--set", "select=perturbation", "--strategies", "darts,spos"])
     err = capsys.readouterr().err
     assert code != 0 and "select=perturbation" in err and "spos" in err
-    assert not (out / "runs.json").exists()
+    assert not out.exists() and not image_cache.exists()  # refused before the output folder or the image cache
 
 
 def test_bench_reports_perturbation_and_argmax_cells_of_the_same_supernet(tmp_path, capsys):

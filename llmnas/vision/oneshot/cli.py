@@ -102,6 +102,7 @@ def oneshot(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise RecipeError(f"--workers {args.workers}: need at least 1")
     cfg = build_config(args.protocol, args.config, args.set)
+    cfg.check_strategies(strategies)  # before the table and the images load
     check_folder("--out", args.out)
     if args.report and not (args.out / "runs.json").exists():
         raise RecipeError(f"--report: {args.out / 'runs.json'} does not exist (run the benchmark first)")
