@@ -281,6 +281,7 @@ def write_outputs(runs: list[dict[str, Any]], table: NB201Table, strategies: Seq
     """Write ``results.md``, ``runs.json`` (with the summary) and ``search.png`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     fid = fidelity(runs, table)
+    selection, weights = selection_table(runs), weights_table(runs)
     c = cfg.to_dict()
     md = "\n\n".join(p for p in [
         "# NAS-Bench-201 one-shot search on CIFAR-10 (found cells looked up in the 200-epoch table)",
@@ -298,10 +299,10 @@ def write_outputs(runs: list[dict[str, Any]], table: NB201Table, strategies: Seq
            f"perturbation cell fixes the edges one at a time by the op whose removal lowers the mixture's accuracy "
            f"on {c['pt_images'] or c['valid_images'] or 25000} validation images most, with {c['pt_tune_epochs']} "
            "epoch(s) of training between decisions (the selection column: its time).",
-           selection_table(runs)] if selection_table(runs) else []),
+           selection] if selection else []),
         *(["## Architecture weights at the end of the search (softmax, DrNAS: Dirichlet mean; mean over edges and "
            "seeds; uniform = 0.200)",
-            weights_table(runs)] if weights_table(runs) else []),
+            weights] if weights else []),
         *(["## Inherited-weight ranking fidelity (SPOS supernet, BN recalibrated per cell)",
            f"{c['fidelity_cells']} random cells fixed by seed {c['fidelity_seed']}, scored on {c['eval_images']} "
            f"validation images after recalibrating BatchNorm on {c['bn_batches']} training batches, against "
