@@ -70,7 +70,7 @@ class PrunerConfig:
     """One of ``none``, ``median``, ``percentile``, ``successive_halving``, ``hyperband``."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the Optuna pruner (e.g. ``n_startup_trials``, ``n_warmup_steps``,
-    ``min_resource``, ``reduction_factor``); steps are optimizer steps."""
+    ``min_resource``, ``reduction_factor``); steps are optimizer steps (in a vision recipe: epochs)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -440,9 +440,8 @@ def _data(values: dict[str, Any], source: str) -> DataConfig:
         raise RecipeError(f"{source}: " + "; ".join(parts)) from None
 
 
-def _search(values: dict[str, Any], source: str) -> SearchConfig:
-    values = dict(values)
-    pruner = values.pop("pruner", None)
+def _pruner(pruner: Any, source: str) -> PrunerConfig:
+    """``search.pruner``: a name or a mapping (kind, options)."""
     if isinstance(pruner, str):
         pruner = {"kind": pruner}
     if pruner is not None and not isinstance(pruner, dict):
@@ -452,6 +451,12 @@ def _search(values: dict[str, Any], source: str) -> SearchConfig:
         raise RecipeError(
             f"{source}: search.pruner.kind={pruner_cfg.kind!r}: not allowed (allowed: {', '.join(PRUNERS)})"
         )
+    return pruner_cfg
+
+
+def _search(values: dict[str, Any], source: str) -> SearchConfig:
+    values = dict(values)
+    pruner_cfg = _pruner(values.pop("pruner", None), source)
     values["objectives"] = _objectives(values.get("objectives", ["val_loss"]), source)
     cfg = _dataclass(SearchConfig, values, source, "search")
     _check_evaluator(cfg, source)

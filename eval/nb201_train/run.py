@@ -110,7 +110,7 @@ def train_cells(indices: list[int], recipe: VisionRecipe, table: NB201Table, pat
                "table_test200": {d: float(table.metric("test200", d)[index]) for d in DATASETS},
                "table_val12_cifar10": float(table.metric("val12", "cifar10")[index]),
                "params": r.params, "train_seconds": r.train_seconds, "seconds": time.perf_counter() - t0,
-               "images_per_second": r.images_per_second}
+               "images_per_second": r.images_per_second, "history": r.history}
         append(path, row)
         print(f"[{k + 1}/{len(indices)}] {index}: val {r.accuracy['valid']:.2f} "
               f"table {row['table_test200']['cifar10']:.2f} ({row['seconds']:.0f}s, {r.images_per_second:.0f} img/s)",
@@ -155,14 +155,23 @@ def stage_search(recipe: VisionRecipe, table: NB201Table, out: Path) -> dict:
         trials.append({"number": t.number, "state": t.state.name, "values": t.values, "cell": a.get("cell"),
                        "val_acc": a.get("val_acc"), "reused_from": a.get("reused_from"),
                        "ground_truth": a.get("ground_truth"), "train_seconds": a.get("train_seconds"),
-                       "images_per_second": a.get("images_per_second")})
+                       "images_per_second": a.get("images_per_second"),
+                       "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+                       "pruned_at_epoch": a.get("pruned_at_step")})
     done = [t for t in trials if t["state"] == "COMPLETE"]
     best = min(done, key=lambda t: (t["values"][0], t["number"]))
     trained = [t for t in done if t["reused_from"] is None]
+    pruned = [t for t in trials if t["state"] == "PRUNED" and t["reused_from"] is None]
     truth = [t["ground_truth"]["cifar10_test200"] for t in trained]
-    record = {"trials": len(trials), "trained": len(trained), "picked": best,
+    seen = [t["ground_truth"]["cifar10_test200"] for t in trained + pruned]
+    epochs = recipe.train.epochs or 0
+    record = {"trials": len(trials), "trained": len(trained), "pruned": len(pruned),
+              "epochs_trained": len(trained) * epochs + sum(t["pruned_at_epoch"] for t in pruned),
+              "epochs_per_trial": epochs, "pruner": dataclasses.asdict(recipe.search.pruner),
+              "eval_every_epochs": recipe.train.eval_every_epochs, "picked": best,
               "picked_table": {d: best["ground_truth"][f"{d}_test200"] for d in DATASETS},
-              "best_evaluated_table_cifar10": max(truth), "mean_evaluated_table_cifar10": float(np.mean(truth)),
+              "best_evaluated_table_cifar10": max(truth), "best_seen_table_cifar10": max(seen),
+              "mean_evaluated_table_cifar10": float(np.mean(truth)),
               "search_seconds": time.perf_counter() - started, "study_dir": str(summary.study_dir)}
     (out / "search_trials.json").write_text(json.dumps(trials, indent=1) + "\n")
     (out / "search.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -209,7 +218,12 @@ def stage_fmnist(recipe: VisionRecipe, out: Path, cell: str | None) -> list[dict
     return [rows[cell], rows[RESNET]]
 
 
-def report(out: Path, command: str) -> str:
+def protocol(cfg: VisionTrainConfig) -> str:
+    images = f"{cfg.train_images / 1000:g}k" if cfg.train_images else "25k"
+    return f"C={cfg.C}, N={cfg.N}, {images} images x {cfg.epochs:g} epochs"
+
+
+def report(out: Path, command: str, recipe: VisionRecipe) -> str:
     rank = read_jsonl(out / "rank.jsonl")
     tune = read_jsonl(out / "tune.jsonl")
     search = json.loads((out / "search.json").read_text()) if (out / "search.json").exists() else None
@@ -223,15 +237,20 @@ def report(out: Path, command: str) -> str:
         if len(rows) >= 3:
             c = correlations(rows)
             record[name] = c
-            lines.append(f"| {c['n']} {name} | C=8, N=1, 2.5k images x 2 epochs | {c['spearman']:.3f} | "
+            lines.append(f"| {c['n']} {name} | {protocol(recipe.train)} | {c['spearman']:.3f} | "
                          f"{c['kendall']:.3f} | {c['spearman_table12']:.3f} / {c['kendall_table12']:.3f} | "
                          f"{c['seconds_mean']:.0f} | {c['images_per_second_mean']:.0f} |")
     if search:
         record["search"] = search
         p = search["picked_table"]
+        kind = search.get("pruner", {}).get("kind", "none")
+        label = "evolution, val_error" + (f", {kind} pruner every {search['eval_every_epochs']} epochs, "
+                                          f"{search['epochs_per_trial']:g} epochs at most" if kind != "none" else "")
+        trained = (f"{search['trained']} whole, {search['pruned']} pruned; {search['epochs_trained']:g} epochs"
+                   if kind != "none" else search["trained"])
         lines += ["", "| search | trials (trained) | picked cell | CIFAR-10 | CIFAR-100 | ImageNet16-120 | "
-                  "best / mean evaluated (CIFAR-10) | wall |", "|---|---|---|---|---|---|---|---|",
-                  f"| evolution, val_error | {search['trials']} ({search['trained']}) | "
+                  "best / mean trained whole (CIFAR-10) | wall |", "|---|---|---|---|---|---|---|---|",
+                  f"| {label} | {search['trials']} ({trained}) | "
                   f"{md_cell(search['picked']['cell'])} | "
                   f"{p['cifar10']:.2f} | {p['cifar100']:.2f} | {p['imagenet16-120']:.2f} | "
                   f"{search['best_evaluated_table_cifar10']:.2f} / {search['mean_evaluated_table_cifar10']:.2f} | "
@@ -296,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             elif stage == "fmnist":
                 print(json.dumps(stage_fmnist(recipe, args.out, args.cell)))
             else:
-                print(report(args.out, "python eval/nb201_train/run.py " + " ".join(argv or sys.argv[1:])))
+                print(report(args.out, "python eval/nb201_train/run.py " + " ".join(argv or sys.argv[1:]), recipe))
     except LlmnasError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

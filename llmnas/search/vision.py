@@ -7,12 +7,19 @@ the cell network is built with the recipe's C and N (:mod:`llmnas.vision`), trai
 training images (NAS-Bench-201's training half, or a stratified subset of it) and scored on the
 validation half. Objectives: ``val_error`` (100 - validation accuracy), ``val_loss``, ``params``.
 
+Pruning: with ``search.pruner`` (and ``train.eval_every_epochs``), each trial reports its first objective on
+the scored validation images every ``eval_every_epochs`` epochs (the pruner's steps are epochs) and an Optuna
+pruner (successive halving, Hyperband, median, percentile) stops the trials that fall behind; the samplers
+learn from the trials that trained their whole budget.
+
 Ground truth: with ``truth`` set, every trial records user attribute ``ground_truth``, the cell's
 official index and 200-epoch test accuracies from the NAS-Bench-201 table. It is written for reporting
 only: samplers read trial values and parameters, never user attributes, and the objective never reads it.
 
 A cell isomorphic to one trained before in the study (same NAS-Bench-201 unique string) is not trained
-again: the trial records ``reused_from`` and returns the earlier values.
+again: the trial records ``reused_from`` and returns the earlier values. A cell whose earlier trial was
+pruned replays that trial's intermediate values to the pruner, and is pruned again without training when
+the pruner says so.
 """
 
 from __future__ import annotations
@@ -35,11 +42,11 @@ import llmnas
 from llmnas.errors import DataError, RecipeError
 from llmnas.space import load_space
 from llmnas.space.nb201 import NB201Cell, NB201Space
-from llmnas.train import TrainingDiverged
+from llmnas.train import TrainingDiverged, TrainingPruned
 from llmnas.train.ranks import TrainingFailed, describe
 from llmnas.vision.data import ImageData, load_images, nb201_split
 from llmnas.vision.recipe import VisionRecipe
-from llmnas.vision.train import VisionTrainResult, make_accelerator, stratified_subset, train_cell
+from llmnas.vision.train import EpochReporter, VisionTrainResult, make_accelerator, stratified_subset, train_cell
 
 GROUND_TRUTH_NOTE = ("NAS-Bench-201 200-epoch test accuracy (%) of this cell, read from the table for reporting "
                      "only; never used by the sampler or the objective")
@@ -65,8 +72,10 @@ class VisionTask:
         valid = stratified_subset(valid_idx, data.train_y[valid_idx], recipe.data.valid_images, recipe.data.valid_seed)
         return cls(data, train_idx, valid)
 
-    def train(self, cell: NB201Cell, recipe: VisionRecipe, accelerator: Accelerator) -> VisionTrainResult:
-        _, result = train_cell(cell, self.data, self.train_idx, {"valid": self.valid_idx}, recipe.train, accelerator)
+    def train(self, cell: NB201Cell, recipe: VisionRecipe, accelerator: Accelerator,
+              report: EpochReporter | None = None) -> VisionTrainResult:
+        _, result = train_cell(cell, self.data, self.train_idx, {"valid": self.valid_idx}, recipe.train, accelerator,
+                               report)
         return result
 
 
@@ -89,6 +98,7 @@ def setup_record(recipe: VisionRecipe, space: NB201Space, task: VisionTask) -> d
 
 def open_vision_study(recipe: VisionRecipe, space: NB201Space, task: VisionTask, worker: int = 0) -> optuna.Study:
     from llmnas.samplers import build_sampler
+    from llmnas.search.engine import build_pruner
     from llmnas.search.storage import StudyLock, make_storage, removed_on_error
 
     search = recipe.search
@@ -98,9 +108,10 @@ def open_vision_study(recipe: VisionRecipe, space: NB201Space, task: VisionTask,
                                 options=dict(search.sampler_options))
     except RecipeError as e:
         raise RecipeError(f"{recipe.source}: search.sampler: {e}") from None
+    pruner = build_pruner(recipe)  # type: ignore[arg-type]  # reads search.pruner and source only
     with removed_on_error(recipe.storage_url), StudyLock(recipe.storage_url):
         storage = make_storage(recipe.storage_url, search.heartbeat_seconds, search.grace_seconds)
-        study = optuna.create_study(study_name=recipe.study, storage=storage, sampler=sampler,
+        study = optuna.create_study(study_name=recipe.study, storage=storage, sampler=sampler, pruner=pruner,
                                     directions=directions, load_if_exists=True)
         record = json.loads(json.dumps(setup_record(recipe, space, task)))
         stored = study.user_attrs.get("setup")
@@ -135,6 +146,9 @@ class VisionObjective:
         if self.table is not None:
             trial.set_user_attr("ground_truth", ground_truth(self.table, cell))
         prior = self.previous(trial, key)
+        if prior is not None and prior.state == TrialState.PRUNED:
+            self.replay(trial, prior)  # raises TrialPruned when the pruner stops it at the same epoch again
+            prior = None
         if prior is not None:
             trial.set_user_attr("reused_from", prior.user_attrs.get("reused_from", prior.number))
             for name in MEASURED:
@@ -143,9 +157,18 @@ class VisionObjective:
             if prior.state == TrialState.FAIL:
                 raise TrainingDiverged(0, float("nan"))
             return list(prior.values)
+        first = self.recipe.search.objectives[0]
+
+        def report(epoch: int, accuracy: float, loss: float) -> bool:
+            trial.report(100.0 - accuracy if first == "val_error" else loss, epoch)
+            return trial.should_prune()
+
         broadcast_object_list([{"cell": cell.to_str()}])  # followers train the same cell
         try:
-            result = self.task.train(cell, self.recipe, self.accelerator)
+            result = self.task.train(cell, self.recipe, self.accelerator, report)
+        except TrainingPruned as e:
+            trial.set_user_attr("pruned_at_step", e.step)
+            raise optuna.TrialPruned(str(e)) from None
         except TrainingDiverged as e:
             trial.set_user_attr("diverged", True)
             trial.set_user_attr("fail_reason", str(e))
@@ -163,12 +186,28 @@ class VisionObjective:
         return [float(measured[o]) for o in self.recipe.search.objectives]
 
     def previous(self, trial: optuna.Trial, key: str) -> FrozenTrial | None:
-        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        """The trial that trained the same cell before: completed or diverged first, else pruned."""
+        found = None
+        states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+        for t in trial.study.get_trials(deepcopy=False, states=states):
             a = t.user_attrs
-            if t.number != trial.number and a.get("cell_key") == key and (t.state == TrialState.COMPLETE
-                                                                          or a.get("diverged")):
+            if t.number == trial.number or a.get("cell_key") != key:
+                continue
+            if t.state == TrialState.COMPLETE or a.get("diverged"):
                 return t
-        return None
+            if t.state == TrialState.PRUNED and "reused_from" not in a and found is None:
+                found = t
+        return found
+
+    @staticmethod
+    def replay(trial: optuna.Trial, prior: FrozenTrial) -> None:
+        """Report ``prior``'s intermediate values in order; raise TrialPruned where the pruner stops it."""
+        for step, value in sorted(prior.intermediate_values.items()):
+            trial.report(value, step)
+            if trial.should_prune():
+                trial.set_user_attr("reused_from", prior.number)
+                trial.set_user_attr("pruned_at_step", step)
+                raise optuna.TrialPruned(f"pruned after epoch {step}, as the same cell's trial {prior.number}")
 
 
 def follow(recipe: VisionRecipe, task: VisionTask, accelerator: Accelerator) -> None:
@@ -242,6 +281,8 @@ def run_vision_search(recipe: VisionRecipe, *, n_trials: int | None = None, time
               f"{', '.join(recipe.search.objectives)}\n  data: {task.data.name}, {len(task.train_idx)} training / "
               f"{len(task.valid_idx)} scored validation images; network C={t.C}, N={t.N}; per trial "
               f"{t.train_images or len(task.train_idx)} images x {t.epochs} epochs"
+              + (f"; pruner {recipe.search.pruner.kind} on the validation every {t.eval_every_epochs} epoch(s)"
+                 if recipe.search.pruner.kind != "none" else "")
               + (f"; ground truth from {recipe.truth} (recorded, never used)" if table is not None else ""))
 
     def progress(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -249,10 +290,13 @@ def run_vision_search(recipe: VisionRecipe, *, n_trials: int | None = None, time
             return
         a = trial.user_attrs
         value = f"{trial.values[0]:.3f}" if trial.values else trial.state.name
+        if trial.state == TrialState.PRUNED and trial.intermediate_values:
+            step = max(trial.intermediate_values)
+            value = f"{trial.intermediate_values[step]:.3f}, pruned after epoch {step}"
         truth = a.get("ground_truth", {}).get("cifar10_test200")
         reused = f" (same cell as trial {a['reused_from']})" if "reused_from" in a else ""
-        print(f"trial {trial.number}: {objective_name} {value}{reused}  {a.get('cell', '?')}  "
-              f"{a.get('train_seconds', 0):.0f}s {a.get('images_per_second', 0):.0f} img/s"
+        speed = f"  {a['train_seconds']:.0f}s {a.get('images_per_second', 0):.0f} img/s" if "train_seconds" in a else ""
+        print(f"trial {trial.number}: {objective_name} {value}{reused}  {a.get('cell', '?')}{speed}"
               + (f"  [table {truth:.2f}]" if truth is not None else ""), flush=True)
 
     deadline = None if timeout is None else time.monotonic() + timeout

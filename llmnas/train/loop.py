@@ -50,9 +50,9 @@ class TrainingDiverged(LlmnasError):
 class TrainingPruned(Exception):
     """The reporter asked to stop early (an Optuna pruner said so)."""
 
-    def __init__(self, step: int, val_loss: float) -> None:
+    def __init__(self, step: int, val_loss: float, message: str | None = None) -> None:
         self.step, self.val_loss = step, val_loss
-        super().__init__(f"pruned at step {step} (validation loss {val_loss:.4f})")
+        super().__init__(message or f"pruned at step {step} (validation loss {val_loss:.4f})")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -93,13 +93,13 @@ def is_vision_space(space: str) -> bool:
 def vision_recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> VisionRecipe:
     """Validate a parsed vision recipe; every problem raises :class:`RecipeError` naming ``source`` and the key."""
     from llmnas.recipe import (
-        PRUNERS,
         SearchConfig,
         _check_sampler,
         _check_search_numbers,
         _check_study_name,
         _dataclass,
         _mapping,
+        _pruner,
     )
 
     unknown = [k for k in data if k not in VISION_KEYS]
@@ -134,11 +134,15 @@ def vision_recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> V
                           "(a vision search minimises them)")
     if objectives[0] == "params" or len(set(objectives)) != len(objectives):
         raise RecipeError(f"{source}: search.objectives={objectives}: val_error or val_loss first, none repeated")
-    pruner = values.pop("pruner", None)
-    if pruner not in (None, "none") and pruner != {"kind": "none"}:
-        raise RecipeError(f"{source}: search.pruner={pruner!r}: a vision search does not prune (allowed: none; "
-                          f"the transformer searches allow {', '.join(PRUNERS)})")
-    search = _dataclass(SearchConfig, values, source, "search")
+    pruner = _pruner(values.pop("pruner", None), source)
+    if pruner.kind != "none":
+        if len(objectives) > 1:
+            raise RecipeError(f"{source}: search.pruner.kind={pruner.kind!r}: Optuna cannot prune multi-objective "
+                              "studies; use pruner: none")
+        if train.eval_every_epochs is None:
+            raise RecipeError(f"{source}: search.pruner.kind={pruner.kind!r} needs train.eval_every_epochs (the "
+                              "epochs between the validations it reads; its steps are epochs), e.g. 1")
+    search = dataclasses.replace(_dataclass(SearchConfig, values, source, "search"), pruner=pruner)
     if search.evaluator != "scratch":
         raise RecipeError(f"{source}: search.evaluator={search.evaluator!r}: a vision recipe trains every cell "
                           "(allowed: scratch); the one-shot strategies run under llmnas bench nb201-oneshot")

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -35,8 +36,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from llmnas import interrupt
 from llmnas.errors import RecipeError
 from llmnas.space.nb201 import NB201Cell
-from llmnas.train.loop import PRECISIONS, agreed_update, check_accelerator, lr_at, make_accelerator
-from llmnas.train.ranks import from_main, run_guarded
+from llmnas.train.loop import PRECISIONS, TrainingPruned, agreed_update, check_accelerator, lr_at, make_accelerator
+from llmnas.train.ranks import from_main, main_decides, run_guarded
 from llmnas.vision.data import ImageData, augment, normalise
 from llmnas.vision.network import CellNetwork, nb201_network, resnet_network
 
@@ -45,6 +46,10 @@ __all__ = ["VisionTrainConfig", "VisionTrainResult", "build_network", "evaluate_
 
 #: ``network`` values besides an NAS-Bench-201 cell string.
 RESNET = "resnet"
+
+#: Called on the main process with (epochs completed, accuracy %, mean loss) of the first evaluation set at
+#: every ``eval_every_epochs``; returns True to stop (prune) the run.
+EpochReporter = Callable[[int, float, float], bool]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +85,9 @@ class VisionTrainConfig:
     seed: int = 0
     """Seeds initialisation, the order of training images and the augmentation."""
     eval_batch_size: int = 500
+    eval_every_epochs: int | None = None
+    """Measure the first evaluation set every this many epochs (before the last) and pass the figures to the
+    reporter, e.g. an Optuna pruner whose steps are then epochs; ``None``: only at the end."""
     log_interval: int = 0
     """Print the training loss every this many steps (0: silent)."""
     mixed_precision: str = "auto"
@@ -91,7 +99,7 @@ class VisionTrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise RecipeError(f"train.{name}={value!r}: must be a positive integer")
-        for name in ("max_steps", "train_images"):
+        for name in ("max_steps", "train_images", "eval_every_epochs"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise RecipeError(f"train.{name}={value!r}: must be a positive integer or null")
@@ -140,6 +148,9 @@ class VisionTrainResult:
     images_per_second: float
     """Training throughput, all processes together."""
     params: int
+    history: list[tuple[int, float, float]] = field(default_factory=list)
+    """(epochs completed, accuracy %, loss) of the first evaluation set at each ``eval_every_epochs``, and at
+    the end when the run trained whole epochs."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,12 +227,16 @@ def train_network(
     eval_sets: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
     cfg: VisionTrainConfig,
     accelerator: Accelerator,
+    report: EpochReporter | None = None,
 ) -> tuple[torch.nn.Module, VisionTrainResult]:
     """Train ``model`` on ``data.train_x[train_idx]`` within ``cfg``'s budget, then measure every evaluation set.
 
     Args:
         eval_sets: name -> indices into the training set (e.g. the validation half), or ``(x_uint8, y)``
             (e.g. ``(data.test_x, data.test_y)``).
+        report: with ``cfg.eval_every_epochs``, called with the first evaluation set's figures at each of those
+            epochs (but the last); when it returns True on the main process, every process stops with
+            :class:`~llmnas.train.TrainingPruned` (its ``step`` is the epoch).
 
     Under ``accelerate launch`` every process calls this with the same arguments; the processes agree on
     every decision (:mod:`llmnas.train.ranks`) and end together, also when one of them fails.
@@ -229,6 +244,7 @@ def train_network(
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
         TrainingFailed: another process raised.
+        TrainingPruned: ``report`` asked to stop.
     """
     check_accelerator(accelerator, cfg)  # reads grad_accum and grad_clip, which this config shares
     world = accelerator.num_processes
@@ -253,7 +269,13 @@ def train_network(
     net.train()
     aug = torch.Generator().manual_seed(cfg.seed * 1000 + accelerator.process_index)
     step, images, recent, recent_acc = 0, 0, [], []
-    train_seconds = 0.0
+    history: list[tuple[int, float, float]] = []
+    train_seconds, eval_seconds = 0.0, 0.0
+    first_name = next(iter(eval_sets), None)  # the set the epoch reports measure
+    eval_steps = cfg.eval_every_epochs * steps_per_epoch if cfg.eval_every_epochs and first_name else None
+    first_spec = eval_sets.get(first_name) if first_name else None
+    first_set = (data.train_x[first_spec], data.train_y[first_spec]) if isinstance(first_spec, torch.Tensor) \
+        else first_spec
     started = time.perf_counter()
     epoch_batches = iter(loader)
     try:
@@ -287,7 +309,20 @@ def train_network(
             recent = (recent + [value])[-20:]
             if cfg.log_interval and step % cfg.log_interval == 0:
                 accelerator.print(f"step {step}: loss {value:.4f}, lr {lr:.3g}")
-            train_seconds = _seconds(started)
+            train_seconds = _seconds(started) - eval_seconds
+            if eval_steps and step % eval_steps == 0 and step != steps_budget:
+                t0 = time.perf_counter()
+                unwrapped = accelerator.unwrap_model(net)
+                average_buffers(unwrapped, accelerator)
+                assert first_set is not None
+                acc, loss_value = evaluate_accuracy(unwrapped, *first_set, data, accelerator, cfg.eval_batch_size)
+                epoch = step // steps_per_epoch
+                history.append((epoch, acc, loss_value))
+                prune = bool(run_guarded(accelerator, report, epoch, acc, loss_value)) if report else False
+                eval_seconds += _seconds(t0)
+                if main_decides(prune, accelerator):
+                    raise TrainingPruned(epoch, loss_value, f"pruned after epoch {epoch} ({first_name} accuracy "
+                                                            f"{acc:.2f} %, loss {loss_value:.4f})")
         t0 = time.perf_counter()
         accuracy, losses = {}, {}
         unwrapped = accelerator.unwrap_model(net)
@@ -295,6 +330,8 @@ def train_network(
         for name, spec in eval_sets.items():
             x, y = (data.train_x[spec], data.train_y[spec]) if isinstance(spec, torch.Tensor) else spec
             accuracy[name], losses[name] = evaluate_accuracy(unwrapped, x, y, data, accelerator, cfg.eval_batch_size)
+        if first_name is not None and step % steps_per_epoch == 0:
+            history.append((step // steps_per_epoch, accuracy[first_name], losses[first_name]))
         result = VisionTrainResult(
             accuracy=accuracy,
             loss=losses,
@@ -304,9 +341,10 @@ def train_network(
             images=images,
             train_images=len(idx),
             train_seconds=train_seconds,
-            eval_seconds=_seconds(t0),
+            eval_seconds=eval_seconds + _seconds(t0),
             images_per_second=images / max(train_seconds, 1e-9),
             params=params,
+            history=history,
         )
         return unwrapped, result
     finally:
@@ -320,8 +358,9 @@ def train_cell(
     eval_sets: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
     cfg: VisionTrainConfig,
     accelerator: Accelerator,
+    report: EpochReporter | None = None,
 ) -> tuple[torch.nn.Module, VisionTrainResult]:
     """Build ``network`` (a cell, its string, or ``"resnet"``) with ``cfg.C``/``cfg.N`` (seeded) and train it."""
     set_seed(cfg.seed)
-    return train_network(build_network(network, cfg, data), data, train_idx, eval_sets, cfg, accelerator)
+    return train_network(build_network(network, cfg, data), data, train_idx, eval_sets, cfg, accelerator, report)
 

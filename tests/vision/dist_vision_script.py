@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from llmnas.train import TrainingPruned
 from llmnas.vision.data import load_images, nb201_split
 from llmnas.vision.train import VisionTrainConfig, make_accelerator, train_cell
 
@@ -27,7 +28,20 @@ def main() -> None:
     digest = hashlib.sha256()
     for name, value in sorted(model.state_dict().items()):
         digest.update(name.encode() + value.detach().cpu().numpy().tobytes())
-    record = {"num_processes": accelerator.num_processes, "hash": digest.hexdigest(), **result.to_dict()}
+    reported: list[tuple[int, float, float]] = []
+
+    def report(epoch: int, accuracy: float, loss: float) -> bool:
+        reported.append((epoch, accuracy, loss))
+        return accelerator.is_main_process and epoch == 2  # only the main process asks to stop
+
+    pruned_at = None
+    try:  # 30 training images, 10 a step over both processes: 3 steps an epoch
+        train_cell(CELL, data, train_idx, {"valid": valid_idx}, cfg.replace(max_steps=None, epochs=4,
+                                                                             eval_every_epochs=1), accelerator, report)
+    except TrainingPruned as e:
+        pruned_at = e.step
+    record = {"num_processes": accelerator.num_processes, "hash": digest.hexdigest(), **result.to_dict(),
+              "reported": reported, "pruned_at": pruned_at}
     (out / f"rank{accelerator.process_index}.json").write_text(json.dumps(record))
 
 

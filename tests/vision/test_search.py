@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from optuna.trial import TrialState
 
 from llmnas.errors import RecipeError
 from llmnas.recipe import load_recipe
@@ -71,7 +72,41 @@ def test_resuming_with_another_budget_is_refused(tiny_folder: Path, tmp_path: Pa
         run_search(load_recipe(path, ["search.n_trials=2", "train.max_steps=3"]), show_progress=False)
 
 
+def test_successive_halving_prunes_and_a_pruned_cell_is_pruned_again_without_training(
+        tiny_folder: Path, tmp_path: Path) -> None:
+    # eta 100: past the first trial, a trial reaches epoch 2 only with the best epoch-1 loss so far
+    path = tiny_recipe(tmp_path, tiny_folder)
+    recipe = load_recipe(path, ["train.max_steps=null", "train.epochs=2", "train.eval_every_epochs=1",
+                                "search.objectives=[val_loss]", "search.n_trials=6",
+                                "search.pruner.kind=successive_halving",
+                                "search.pruner.options={min_resource: 1, reduction_factor: 100}"])
+    summary = run_search(recipe, show_progress=False)
+    trials = summary.study.get_trials()
+    states = [t.state for t in trials]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(trials) == 6 and states[0] == TrialState.COMPLETE and pruned, states
+    for t in complete:  # trained the whole budget: the epoch-1 report, then the final value
+        assert set(t.intermediate_values) == {1} and t.value == pytest.approx(t.user_attrs["val_loss"])
+    for t in pruned:
+        assert set(t.intermediate_values) == {1} and t.user_attrs["pruned_at_step"] == 1
+        earlier = [u.intermediate_values[1] for u in trials[:t.number]]
+        assert t.intermediate_values[1] > min(earlier)  # not the best so far at the rung: successive halving
+        assert "val_loss" not in t.user_attrs  # the final measurement never ran
+    for t in complete[1:]:
+        assert t.intermediate_values[1] <= min(u.intermediate_values[1] for u in trials[:t.number])
+    # the same cell again: the pruner hears the earlier trial's figures and prunes it without training
+    summary.study.enqueue_trial(pruned[0].params)
+    again = run_search(recipe, n_trials=7, show_progress=False).study.get_trials()[-1]
+    assert again.state == TrialState.PRUNED and again.user_attrs["reused_from"] == pruned[0].number
+    assert again.intermediate_values == pruned[0].intermediate_values and "train_seconds" not in again.user_attrs
+
+
 @pytest.mark.parametrize(("changes", "match"), [
+    ({"search": {"pruner": "median"}}, "needs train.eval_every_epochs"),
+    ({"search": {"pruner": "median", "objectives": ["val_error", "params"]}, "train": {"epochs": 2,
+      "eval_every_epochs": 1}}, "cannot prune multi-objective"),
+    ({"search": {"pruner": "halving"}}, "search.pruner.kind='halving': not allowed"),
     ({"search": {"objectives": ["val_loss_typo"]}}, "search.objectives"),
     ({"search": {"evaluator": "proxy"}}, "allowed: scratch"),
     ({"train": {"C": 8, "epochs": 0}}, "train.epochs=0"),

@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 
 from llmnas.errors import RecipeError
-from llmnas.train import TrainingDiverged
+from llmnas.train import TrainingDiverged, TrainingPruned
 from llmnas.vision.data import load_images, nb201_split
 from llmnas.vision.network import param_count
 from llmnas.vision.train import (
@@ -59,6 +59,31 @@ def test_budgets_subsets_and_seeds(tiny_folder: Path) -> None:
     assert c.steps == 2
 
 
+def test_epoch_reports_measure_without_changing_the_run_and_can_stop_it(tiny_folder: Path) -> None:
+    data = load_images(tiny_folder)
+    tr, va = nb201_split(data)
+    cfg = VisionTrainConfig(C=4, N=1, batch_size=10, epochs=3, train_images=20, eval_every_epochs=1,
+                            mixed_precision="no")
+    acc = Accelerator(cpu=True)
+    seen: list[tuple[int, float, float]] = []
+    _, r = train_cell(CELL, data, tr, {"valid": va, "test": (data.test_x, data.test_y)}, cfg, acc,
+                      lambda epoch, a, loss: seen.append((epoch, a, loss)) is not None)
+    _, plain = train_cell(CELL, data, tr, {"valid": va, "test": (data.test_x, data.test_y)},
+                          cfg.replace(eval_every_epochs=None), acc)
+    assert [e for e, _, _ in seen] == [1, 2]  # every epoch but the last, which the final measurement covers
+    assert r.history == [*seen, (3, r.accuracy["valid"], r.loss["valid"])]  # the first evaluation set's figures
+    assert r.loss == plain.loss and r.accuracy == plain.accuracy  # measuring changed nothing of the training
+    assert plain.history == [(3, plain.accuracy["valid"], plain.loss["valid"])]
+    assert r.train_seconds > 0 and r.eval_seconds > 0
+    alone = evaluate_accuracy(build_network(CELL, cfg, data), data.train_x[va], data.train_y[va], data, acc)
+    assert seen[0][1:] != alone  # the epoch-1 figures are the trained network's, not a fresh one's
+    with pytest.raises(TrainingPruned, match="pruned after epoch 2 \\(valid accuracy") as stopped:
+        train_cell(CELL, data, tr, {"valid": va}, cfg, acc, lambda epoch, a, loss: epoch == 2)
+    assert stopped.value.step == 2 and stopped.value.val_loss == seen[1][2]  # stopped where it was told to
+    with pytest.raises(RecipeError, match="train.eval_every_epochs=0"):
+        cfg.replace(eval_every_epochs=0)
+
+
 def test_nan_loss_stops_the_run(tiny_folder: Path) -> None:
     data = load_images(tiny_folder)
     cfg = VisionTrainConfig(C=4, N=1, batch_size=20, max_steps=20, lr=1e30, momentum=0.0, nesterov=False,
@@ -85,3 +110,6 @@ def test_two_processes_under_accelerate_launch(tiny_folder: Path, tmp_path: Path
     assert ranks[0]["images"] == 3 * 5 * 2 and ranks[0]["steps"] == 3  # each process its own 5 images a step
     assert ranks[0]["accuracy"] == ranks[1]["accuracy"]  # evaluation gathered over both processes
     assert ranks[0]["images_per_second"] > 0
+    # the epoch reports: measured over both processes alike; the main process's pruning decision stops both
+    assert [r["pruned_at"] for r in ranks] == [2, 2]
+    assert ranks[0]["reported"] == ranks[1]["reported"] and [e for e, _, _ in ranks[0]["reported"]] == [1, 2]
