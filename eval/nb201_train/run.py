@@ -10,9 +10,10 @@ validation half. Stages (each appends to ``<out>/*.jsonl`` and skips what is the
    permutation of the official indices, isomorphic copies and the tuning cells skipped), each trained with
    the recipe's per-trial budget; Spearman rho and Kendall tau of the validation accuracy against the
    200-epoch CIFAR-10 test accuracy of the table (and, for reference, of the table's own 12-epoch accuracy).
-3. ``search``: ``llmnas search nb201_cifar10`` (regularized evolution, 100 trials); the picked cell is the
-   one with the lowest validation error (ties: the earliest trial); its 200-epoch table accuracies on
-   CIFAR-10, CIFAR-100 and ImageNet16-120.
+3. ``search``: ``llmnas search`` on the recipe (``--recipe``; regularized evolution, 100 trials); the picked
+   cell is the one with the lowest validation error among the trials that trained their whole budget (ties:
+   the earliest trial); its 200-epoch table accuracies on CIFAR-10, CIFAR-100 and ImageNet16-120. With a
+   pruner (``recipes/nb201_cifar10_sha.yaml``) it also counts the pruned trials and the epochs trained.
 4. ``fmnist``: the picked cell and NAS-Bench-201's ResNet retrained from scratch on Fashion-MNIST with one
    budget (the recipe's ``retrain`` section: 20,000 training images, 2 epochs), test accuracy on the 10,000
    test images.
@@ -23,6 +24,8 @@ validation half. Stages (each appends to ``<out>/*.jsonl`` and skips what is the
 
     python eval/nb201_train/run.py --threads 1                         # rank, search, fmnist, report
     python eval/nb201_train/run.py --stages rank --threads 1           # one stage (rank and search may run at once)
+    python eval/nb201_train/run.py --stages search,report --recipe recipes/nb201_cifar10_sha.yaml \
+        --out eval/nb201_train/results/sha                            # the successive-halving search
 """
 
 from __future__ import annotations
@@ -282,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", default="rank,search,fmnist,report")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "eval" / "nb201_train" / "results")
+    p.add_argument("--recipe", type=Path, default=RECIPE,
+                   help="the search recipe (default: recipes/nb201_cifar10.yaml; recipes/nb201_cifar10_sha.yaml: "
+                        "successive halving)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe override, e.g. search.n_trials=10 (changes what is reported)")
     p.add_argument("--cell", help="the cell retrained on Fashion-MNIST (default: the search's pick)")
@@ -298,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise LlmnasError(f"--cell: {e}") from None
         torch.set_num_threads(args.threads)
         overrides = [f"run_dir={ROOT / 'runs' / 'eval_nb201_train'}", *args.overrides]
-        recipe = load_recipe(RECIPE, overrides)
+        recipe = load_recipe(args.recipe, overrides)
         assert isinstance(recipe, VisionRecipe)
         table = load_nb201(TABLES)
         args.out.mkdir(parents=True, exist_ok=True)
