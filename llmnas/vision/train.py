@@ -179,6 +179,10 @@ def stratified_subset(indices: torch.Tensor, labels: torch.Tensor, n: int | None
     return shuffled[order[:n]].sort().values
 
 
+def _no_report(epoch: int, accuracy: float, loss: float) -> bool:
+    return False
+
+
 def _seconds(t0: float) -> float:
     return time.perf_counter() - t0
 
@@ -318,7 +322,7 @@ def train_network(
                 acc, loss_value = evaluate_accuracy(unwrapped, *first_set, data, accelerator, cfg.eval_batch_size)
                 epoch = step // steps_per_epoch
                 history.append((epoch, acc, loss_value))
-                prune = bool(run_guarded(accelerator, report, epoch, acc, loss_value)) if report else False
+                prune = bool(run_guarded(accelerator, report or _no_report, epoch, acc, loss_value))  # collective
                 eval_seconds += _seconds(t0)
                 if main_decides(prune, accelerator):
                     raise TrainingPruned(epoch, loss_value, f"pruned after epoch {epoch} ({first_name} accuracy "

@@ -32,16 +32,20 @@ def main() -> None:
 
     def report(epoch: int, accuracy: float, loss: float) -> bool:
         reported.append((epoch, accuracy, loss))
-        return accelerator.is_main_process and epoch == 2  # only the main process asks to stop
+        return epoch == 2 if accelerator.is_main_process else True  # the main process decides, not the others
 
-    pruned_at = None
-    try:  # 30 training images, 10 a step over both processes: 3 steps an epoch
-        train_cell(CELL, data, train_idx, {"valid": valid_idx}, cfg.replace(max_steps=None, epochs=4,
-                                                                             eval_every_epochs=1), accelerator, report)
-    except TrainingPruned as e:
-        pruned_at = e.step
+    def stopped_at(stop_epoch: int, follower_reports: bool) -> int | None:
+        fn = report if accelerator.is_main_process or follower_reports else None  # a search's followers pass none
+        try:  # 30 training images, 10 a step over both processes: 3 steps an epoch
+            train_cell(CELL, data, train_idx, {"valid": valid_idx},
+                       cfg.replace(max_steps=None, epochs=stop_epoch + 2, eval_every_epochs=1), accelerator, fn)
+        except TrainingPruned as e:
+            return e.step
+        return None
+
+    pruned_at = stopped_at(2, follower_reports=True)
     record = {"num_processes": accelerator.num_processes, "hash": digest.hexdigest(), **result.to_dict(),
-              "reported": reported, "pruned_at": pruned_at}
+              "reported": list(reported), "pruned_at": pruned_at, "pruned_at_silent": stopped_at(2, False)}
     (out / f"rank{accelerator.process_index}.json").write_text(json.dumps(record))
 
 

@@ -111,5 +111,5 @@ def test_two_processes_under_accelerate_launch(tiny_folder: Path, tmp_path: Path
     assert ranks[0]["accuracy"] == ranks[1]["accuracy"]  # evaluation gathered over both processes
     assert ranks[0]["images_per_second"] > 0
     # the epoch reports: measured over both processes alike; the main process's pruning decision stops both
-    assert [r["pruned_at"] for r in ranks] == [2, 2]
+    assert [r["pruned_at"] for r in ranks] == [2, 2] and [r["pruned_at_silent"] for r in ranks] == [2, 2]
     assert ranks[0]["reported"] == ranks[1]["reported"] and [e for e, _, _ in ranks[0]["reported"]] == [1, 2]
