@@ -266,8 +266,10 @@ def report(out: Path, command: str, recipe: VisionRecipe) -> str:
         record["search"] = search
         p = search["picked_table"]
         kind = search.get("pruner", {}).get("kind", "none")
-        label = "evolution, val_error" + (f", {kind} pruner every {search['eval_every_epochs']} epochs, "
-                                          f"{search['epochs_per_trial']:g} epochs at most" if kind != "none" else "")
+        options = ", ".join(f"{k} {v}" for k, v in search.get("pruner", {}).get("options", {}).items())
+        label = "evolution, val_error" + (f", {kind} pruner ({options}), validation every "
+                                          f"{search['eval_every_epochs']} epochs, {search['epochs_per_trial']:g} "
+                                          "epochs at most" if kind != "none" else "")
         trained = (f"{search['trained']} whole, {search['pruned']} pruned; {search['epochs_trained']:g} epochs"
                    if kind != "none" else search["trained"])
         lines += ["", "| search | trials (trained) | picked cell | CIFAR-10 | CIFAR-100 | ImageNet16-120 | "
