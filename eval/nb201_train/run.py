@@ -96,6 +96,11 @@ def append(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+#: (k, n): this process trains the cells at positions k, k + n, ... of a stage's list (``--shard k/n``); the
+#: processes append to the same JSON-lines file, and the stage reports once every cell is there.
+SHARD = (0, 1)
+
+
 def train_cells(indices: list[int], recipe: VisionRecipe, table: NB201Table, path: Path) -> list[dict]:
     """Train each cell with the recipe's per-trial budget; one JSON line per cell, resumable."""
     data = load_images(recipe.data.source)
@@ -104,7 +109,7 @@ def train_cells(indices: list[int], recipe: VisionRecipe, table: NB201Table, pat
     accelerator = make_accelerator(recipe.train)
     done = {r["index"] for r in read_jsonl(path)}
     for k, index in enumerate(indices):
-        if index in done:
+        if index in done or k % SHARD[1] != SHARD[0]:
             continue
         cell = table.cell(index)
         t0 = time.perf_counter()
@@ -119,6 +124,10 @@ def train_cells(indices: list[int], recipe: VisionRecipe, table: NB201Table, pat
               f"table {row['table_test200']['cifar10']:.2f} ({row['seconds']:.0f}s, {r.images_per_second:.0f} img/s)",
               flush=True)
     rows = {r["index"]: r for r in read_jsonl(path)}
+    missing = [i for i in indices if i not in rows]
+    if missing:
+        raise LlmnasError(f"{path}: {len(missing)} cell(s) not trained yet (another --shard's); rerun the stage "
+                          "once every shard has finished")
     return [rows[i] for i in indices]
 
 
@@ -311,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                         "successive halving)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe override, e.g. search.n_trials=10 (changes what is reported)")
+    p.add_argument("--shard", default="0/1", metavar="K/N",
+                   help="train only every N-th cell of a stage, from the K-th (run N processes to share the cores)")
     p.add_argument("--cell", help="the cell retrained on Fashion-MNIST (default: the search's pick)")
     args = p.parse_args(argv)
     try:
@@ -323,6 +334,14 @@ def main(argv: list[str] | None = None) -> int:
                 NB201Cell.from_str(args.cell)
             except ValueError as e:
                 raise LlmnasError(f"--cell: {e}") from None
+        try:
+            k, n = (int(x) for x in args.shard.split("/"))
+            if not 0 <= k < n:
+                raise ValueError
+        except ValueError:
+            raise LlmnasError(f"--shard {args.shard!r}: must be K/N with 0 <= K < N, e.g. 1/2") from None
+        global SHARD
+        SHARD = (k, n)
         torch.set_num_threads(args.threads)
         overrides = [f"run_dir={ROOT / 'runs' / 'eval_nb201_train'}", *args.overrides]
         recipe = load_recipe(args.recipe, overrides)

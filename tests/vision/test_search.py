@@ -137,3 +137,7 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path: Path, tiny_folder: 
                               cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad_cell.returncode == 2 and "unknown operation 'nor_conv_5x5'" in bad_cell.stderr
     assert not (tmp_path / "o").exists()
+    bad_shard = subprocess.run([sys.executable, "eval/nb201_train/run.py", "--stages", "rank", "--shard", "2/2",
+                                "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad_shard.returncode == 2 and "--shard '2/2': must be K/N with 0 <= K < N" in bad_shard.stderr
+    assert not (tmp_path / "o").exists()
