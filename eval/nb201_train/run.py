@@ -96,20 +96,19 @@ def append(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-#: (k, n): this process trains the cells at positions k, k + n, ... of a stage's list (``--shard k/n``); the
-#: processes append to the same JSON-lines file, and the stage reports once every cell is there.
-SHARD = (0, 1)
+def train_cells(indices: list[int], recipe: VisionRecipe, table: NB201Table, path: Path,
+                shard: tuple[int, int] = (0, 1)) -> list[dict]:
+    """Train each cell with the recipe's per-trial budget; one JSON line per cell, resumable.
 
-
-def train_cells(indices: list[int], recipe: VisionRecipe, table: NB201Table, path: Path) -> list[dict]:
-    """Train each cell with the recipe's per-trial budget; one JSON line per cell, resumable."""
+    ``shard`` (k, n): train only the cells at positions k, k + n, ... (``--shard k/n``); the processes append to
+    the same JSON-lines file, and the stage returns once every cell is there."""
     data = load_images(recipe.data.source)
     train_idx, valid_idx = nb201_split(data, recipe.data.split_seed)
     valid = stratified_subset(valid_idx, data.train_y[valid_idx], recipe.data.valid_images, recipe.data.valid_seed)
     accelerator = make_accelerator(recipe.train)
     done = {r["index"] for r in read_jsonl(path)}
     for k, index in enumerate(indices):
-        if index in done or k % SHARD[1] != SHARD[0]:
+        if index in done or k % shard[1] != shard[0]:
             continue
         cell = table.cell(index)
         t0 = time.perf_counter()
@@ -156,14 +155,14 @@ def epoch_correlations(rows: list[dict]) -> dict[int, float]:
     return {e: float(spearmanr([h[e] for h in histories], truth).statistic) for e in common}
 
 
-def stage_tune(recipe: VisionRecipe, table: NB201Table, out: Path) -> dict:
-    rows = train_cells(pick_cells(table, TUNE_CELLS, TUNE_SEED), recipe, table, out / "tune.jsonl")
+def stage_tune(recipe: VisionRecipe, table: NB201Table, out: Path, shard: tuple[int, int] = (0, 1)) -> dict:
+    rows = train_cells(pick_cells(table, TUNE_CELLS, TUNE_SEED), recipe, table, out / "tune.jsonl", shard)
     return correlations(rows)
 
 
-def stage_rank(recipe: VisionRecipe, table: NB201Table, out: Path) -> dict:
+def stage_rank(recipe: VisionRecipe, table: NB201Table, out: Path, shard: tuple[int, int] = (0, 1)) -> dict:
     tuning = {table.cell(i).unique_str() for i in pick_cells(table, TUNE_CELLS, TUNE_SEED)}
-    rows = train_cells(pick_cells(table, RANK_CELLS, RANK_SEED, tuning), recipe, table, out / "rank.jsonl")
+    rows = train_cells(pick_cells(table, RANK_CELLS, RANK_SEED, tuning), recipe, table, out / "rank.jsonl", shard)
     return correlations(rows)
 
 
@@ -201,7 +200,8 @@ def stage_search(recipe: VisionRecipe, table: NB201Table, out: Path) -> dict:
     return record
 
 
-def stage_rerank(recipe: VisionRecipe, table: NB201Table, out: Path) -> list[dict]:
+def stage_rerank(recipe: VisionRecipe, table: NB201Table, out: Path,
+                 shard: tuple[int, int] = (0, 1)) -> list[dict]:
     """Post-hoc diagnostic, decided after seeing the search's pick: the search's best 5 distinct cells by
     validation error retrained with 4x the training images (same epochs, seed and scored images), to see
     whether the short budget's preference for skip-heavy cells survives a longer one."""
@@ -211,7 +211,7 @@ def stage_rerank(recipe: VisionRecipe, table: NB201Table, out: Path) -> list[dic
     indices = [t["ground_truth"]["index"] for t in done[:RERANK_TOP]]
     longer = dataclasses.replace(recipe, train=recipe.train.replace(
         train_images=RERANK_FACTOR * (recipe.train.train_images or 25000)))
-    return train_cells(indices, longer, table, out / "rerank.jsonl")
+    return train_cells(indices, longer, table, out / "rerank.jsonl", shard)
 
 
 def stage_fmnist(recipe: VisionRecipe, out: Path, cell: str | None) -> list[dict]:
@@ -340,8 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError
         except ValueError:
             raise LlmnasError(f"--shard {args.shard!r}: must be K/N with 0 <= K < N, e.g. 1/2") from None
-        global SHARD
-        SHARD = (k, n)
+        shard = (k, n)
         torch.set_num_threads(args.threads)
         overrides = [f"run_dir={ROOT / 'runs' / 'eval_nb201_train'}", *args.overrides]
         recipe = load_recipe(args.recipe, overrides)
@@ -350,14 +349,14 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         for stage in stages:
             if stage == "tune":
-                print(json.dumps(stage_tune(recipe, table, args.out)))
+                print(json.dumps(stage_tune(recipe, table, args.out, shard)))
             elif stage == "rank":
-                print(json.dumps(stage_rank(recipe, table, args.out)))
+                print(json.dumps(stage_rank(recipe, table, args.out, shard)))
             elif stage == "search":
                 print(json.dumps(stage_search(recipe, table, args.out)["picked_table"]))
             elif stage == "rerank":
                 print(json.dumps([(r["val_acc"], r["table_test200"]["cifar10"]) for r in
-                                  stage_rerank(recipe, table, args.out)]))
+                                  stage_rerank(recipe, table, args.out, shard)]))
             elif stage == "fmnist":
                 print(json.dumps(stage_fmnist(recipe, args.out, args.cell)))
             else:
