@@ -1,4 +1,5 @@
-"""``llmnas search`` (run or resume a study) and ``llmnas train`` (retrain a chosen architecture)."""
+"""``llmnas search`` (run or resume a study), ``llmnas train`` (retrain a chosen architecture) and ``llmnas confirm``
+(re-measure the best cells of a vision study with more seeds before choosing)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", type=Path, help="checkpoint folder (default: runs/<study>/retrain/<arch id>[-seed<N>])")
     t.set_defaults(func=retrain)
 
+    c = sub.add_parser(
+        "confirm",
+        help="retrain the best cells of a finished vision study with more seeds and pick by their mean",
+        description="Retrain the study's best --top-k distinct cells from scratch with the recipe's budget and each "
+        "of --seeds, score every run on --valid-images of the validation half, and pick the cell with the highest "
+        "mean validation accuracy (ties: the better search rank). Runs are stored in the study as they finish: "
+        "rerunning resumes, and --shard K/N shares the runs between commands started side by side.",
+    )
+    c.add_argument("recipe", help="the vision recipe of the study (the same --set overrides as the search)")
+    _overrides(c)
+    c.add_argument("--top-k", type=int, default=5, help="cells to confirm (default 5)")
+    c.add_argument("--seeds", default="1,2,3", help="training seeds, comma-separated (default 1,2,3)")
+    c.add_argument("--valid-images", default="all",
+                   help="validation images scoring each run: a number, or 'all' (default: the whole validation half)")
+    c.add_argument("--shard", default="0/1", metavar="K/N", help="train only every N-th run, from the K-th")
+    c.add_argument("--storage", help="storage URL of the study (default: the recipe's)")
+    c.set_defaults(func=confirm)
+
 
 def _overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -76,6 +95,26 @@ def search(args: argparse.Namespace) -> int:
             command += ["--storage", args.storage]
         for line in next_steps(summary.study, summary.study_dir, summary.storage_url, shlex.join(command)):
             print(line)
+    return 0
+
+
+def confirm(args: argparse.Namespace) -> int:
+    from llmnas.errors import RecipeError
+    from llmnas.search.confirm import confirm_vision_study
+
+    try:
+        seeds = tuple(int(x) for x in args.seeds.split(","))
+    except ValueError:
+        raise RecipeError(f"--seeds {args.seeds!r}: must be integers separated by commas, e.g. 1,2,3") from None
+    try:
+        k, n = (int(x) for x in args.shard.split("/"))
+    except ValueError:
+        raise RecipeError(f"--shard {args.shard!r}: must be K/N with 0 <= K < N, e.g. 1/2") from None
+    try:
+        valid = None if args.valid_images == "all" else int(args.valid_images)
+    except ValueError:
+        raise RecipeError(f"--valid-images {args.valid_images!r}: must be a positive integer, or 'all'") from None
+    confirm_vision_study(_recipe(args), top_k=args.top_k, seeds=seeds, valid_images=valid, shard=(k, n))
     return 0
 
 
