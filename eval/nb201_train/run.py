@@ -20,7 +20,11 @@ validation half. Stages (each appends to ``<out>/*.jsonl`` and skips what is the
 5. ``rerank`` (a post-hoc diagnostic, added after the search's pick was seen): the search's best 5 cells by
    validation error retrained with 4x the training images, to see whether the short budget's preference
    for skip-heavy cells survives a longer one.
-6. ``report``: ``<out>/results.md`` and ``<out>/results.json``.
+6. ``confirm`` (the rule in ``results/confirm/RULE.md``, fixed before it was run): ``llmnas confirm`` on the
+   search's study: its best 5 distinct cells retrained with seeds 1, 2, 3 and the recipe's budget, scored on
+   all 25,000 validation images; the confirmed pick is the highest mean; its table accuracies beside the
+   search's own pick. ``--shard K/N`` shares the 15 runs between processes.
+7. ``report``: ``<out>/results.md`` and ``<out>/results.json``.
 
     python eval/nb201_train/run.py --threads 1                         # rank, search, fmnist, report
     python eval/nb201_train/run.py --stages rank --threads 1           # one stage (rank and search may run at once)
@@ -52,7 +56,8 @@ from llmnas.vision.data import load_images, nb201_split  # noqa: E402
 from llmnas.vision.recipe import VisionRecipe  # noqa: E402
 from llmnas.vision.train import RESNET, VisionTrainConfig, make_accelerator, stratified_subset, train_cell  # noqa: E402
 
-STAGES = ("tune", "rank", "search", "fmnist", "rerank", "report")
+STAGES = ("tune", "rank", "search", "fmnist", "rerank", "confirm", "report")
+CONFIRM_TOP, CONFIRM_SEEDS = 5, (1, 2, 3)  # results/confirm/RULE.md
 RERANK_TOP, RERANK_FACTOR = 5, 4
 RECIPE = ROOT / "recipes" / "nb201_cifar10.yaml"
 TABLES = ROOT.parent / "shared" / "data" / "nasbench201"
@@ -214,6 +219,24 @@ def stage_rerank(recipe: VisionRecipe, table: NB201Table, out: Path,
     return train_cells(indices, longer, table, out / "rerank.jsonl", shard)
 
 
+def stage_confirm(recipe: VisionRecipe, out: Path, shard: tuple[int, int] = (0, 1)) -> dict | None:
+    """The rule of ``results/confirm/RULE.md``: ``llmnas confirm`` on the search's study (best 5 cells, seeds 1, 2,
+    3, the whole validation half); ``<out>/confirm.json`` once every run is stored (any shard's)."""
+    from llmnas.search.confirm import confirm_vision_study
+
+    summary = confirm_vision_study(recipe, top_k=CONFIRM_TOP, seeds=CONFIRM_SEEDS, valid_images=None, shard=shard)
+    if summary.pick is None:
+        print(f"confirm: {len(summary.missing)} run(s) still to come from another shard; rerun the stage then")
+        return None
+    pick = summary.pick
+    record = {**summary.to_dict(), "trained_now": summary.trained, "seconds": summary.seconds,
+              "runs": len(summary.candidates) * len(summary.seeds),
+              "epochs": len(summary.candidates) * len(summary.seeds) * (recipe.train.epochs or 0),
+              "picked_table": {d: pick["ground_truth"][f"{d}_test200"] for d in DATASETS}}
+    (out / "confirm.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
 def stage_fmnist(recipe: VisionRecipe, out: Path, cell: str | None) -> list[dict]:
     if cell is None:
         search = out / "search.json"
@@ -299,6 +322,24 @@ def report(out: Path, command: str, recipe: VisionRecipe) -> str:
                   "| cell | val acc, search budget | val acc, 4x images | table CIFAR-10 |", "|---|---|---|---|"]
         lines += [f"| {md_cell(r['cell'])} | {short[r['cell']]['val_acc']:.2f} | {r['val_acc']:.2f} | "
                   f"{r['table_test200']['cifar10']:.2f} |" for r in rerank]
+    confirm = json.loads((out / "confirm.json").read_text()) if (out / "confirm.json").exists() else None
+    if confirm and search:
+        record["confirm"] = confirm
+        p, images = confirm["picked_table"], confirm["protocol"]["data"]["valid_images"]
+        seeds = ", ".join(map(str, confirm["seeds"]))
+        lines += ["", f"Confirmation (`results/confirm/RULE.md`): the search's best {len(confirm['candidates'])} cells "
+                  f"retrained with seeds {seeds} ({confirm['epochs']:g} epochs in all), scored on "
+                  f"{'all' if images is None else images} validation images; the pick has the highest mean.",
+                  "", "| search rank | trial | search val_error | " + " | ".join(f"seed {s}" for s in confirm["seeds"])
+                  + " | mean ± std | table CIFAR-10 (ground truth) |", "|" + "---|" * (5 + len(confirm["seeds"]))]
+        for c in confirm["candidates"]:
+            mark = " **pick**" if c["trial"] == confirm["pick"]["trial"] else ""
+            lines.append(f"| {c['search_rank']}{mark} | {c['trial']} | {c['search_value']:.2f} | "
+                         + " | ".join(f"{c['val_acc'][str(s)]:.2f}" for s in confirm["seeds"])
+                         + f" | {c['mean']:.2f} ± {c['std'] or 0:.2f} | {c['ground_truth']['cifar10_test200']:.2f} |")
+        lines += ["", f"Confirmed pick {md_cell(confirm['pick']['cell'])}: **{p['cifar10']:.2f} / "
+                  f"{p['cifar100']:.2f} / {p['imagenet16-120']:.2f}** (CIFAR-10 / CIFAR-100 / ImageNet16-120, "
+                  "200-epoch table)."]
     if fmnist:
         record["fmnist"] = fmnist
         lines += ["", "| Fashion-MNIST (same budget) | params | test accuracy % | train s |", "|---|---|---|---|"]
@@ -357,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
             elif stage == "rerank":
                 print(json.dumps([(r["val_acc"], r["table_test200"]["cifar10"]) for r in
                                   stage_rerank(recipe, table, args.out, shard)]))
+            elif stage == "confirm":
+                done = stage_confirm(recipe, args.out, shard)
+                print(json.dumps(done["picked_table"] if done else None))
             elif stage == "fmnist":
                 print(json.dumps(stage_fmnist(recipe, args.out, args.cell)))
             else:

@@ -109,3 +109,23 @@ def test_a_study_without_a_completed_trial_has_nothing_to_confirm(tiny_folder: P
     recipe = load_recipe(tiny_recipe(tmp_path, tiny_folder), [f"search.storage=sqlite:///{tmp_path / 'empty.db'}"])
     with pytest.raises(StudyError, match="has no completed trial to confirm yet"):
         confirm_vision_study(recipe, show_progress=False)
+
+
+def test_the_benchmark_confirms_its_search_by_the_committed_rule(tiny_folder: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "eval/nb201_train/run.py", "--stages", "search,confirm,report", "--recipe",
+                           str(tiny_recipe(tmp_path, tiny_folder)), "--set", f"run_dir={tmp_path / 'runs'}",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    confirm = json.loads((out / "confirm.json").read_text())
+    assert confirm["seeds"] == [1, 2, 3] and confirm["runs"] == 3 * len(confirm["candidates"])
+    assert 1 <= len(confirm["candidates"]) <= 5 and confirm["protocol"]["data"]["valid_images"] is None
+    pick = confirm["pick"]
+    assert pick["mean"] == max(c["mean"] for c in confirm["candidates"])
+    assert confirm["picked_table"]["cifar10"] == pick["ground_truth"]["cifar10_test200"]
+    assert "Confirmed pick" in (out / "results.md").read_text()
