@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import optuna
@@ -22,12 +23,19 @@ from llmnas.vision.train import make_accelerator, train_cell
 from tests.vision.test_search import tiny_recipe
 
 
+@pytest.fixture(scope="module")
+def searched_runs(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of a finished 4-trial study of the tiny recipe (real images, real training, SQLite)."""
+    root = tmp_path_factory.mktemp("searched")
+    run_search(load_recipe(tiny_recipe(root, tiny_folder)), show_progress=False)
+    return root / "runs"
+
+
 @pytest.fixture
-def searched(tiny_folder: Path, tmp_path: Path):
-    """A finished 4-trial study of the tiny recipe (real images, real training, SQLite)."""
-    recipe = load_recipe(tiny_recipe(tmp_path, tiny_folder))
-    run_search(recipe, show_progress=False)
-    return recipe
+def searched(searched_runs: Path, tiny_folder: Path, tmp_path: Path):
+    """The tiny recipe with its own copy of that study."""
+    shutil.copytree(searched_runs, tmp_path / "runs")
+    return load_recipe(tiny_recipe(tmp_path, tiny_folder))
 
 
 def best_distinct(study: optuna.Study, k: int) -> list[int]:
