@@ -89,12 +89,18 @@ def search(args: argparse.Namespace) -> int:
     recipe = _recipe(args)
     summary = run_search(recipe, n_trials=args.n_trials, timeout=args.timeout, workers=args.workers,
                          show_progress=not args.quiet)
-    if summary is not None and not args.quiet and getattr(recipe, "kind", None) != "vision":
-        command = ["llmnas", "train", args.recipe, *(x for o in args.overrides for x in ("--set", o))]
-        if args.storage:
-            command += ["--storage", args.storage]
-        for line in next_steps(summary.study, summary.study_dir, summary.storage_url, shlex.join(command)):
-            print(line)
+    if summary is None or args.quiet:
+        return 0
+    vision = getattr(recipe, "kind", None) == "vision"
+    command = ["llmnas", "confirm" if vision else "train", args.recipe,
+               *(x for o in args.overrides for x in ("--set", o))]
+    if args.storage:
+        command += ["--storage", args.storage]
+    if vision:
+        print(f"before choosing, retrain the best cells with more seeds: {shlex.join(command)}")
+        return 0
+    for line in next_steps(summary.study, summary.study_dir, summary.storage_url, shlex.join(command)):
+        print(line)
     return 0
 
 

@@ -95,6 +95,9 @@ def test_shards_share_the_runs_and_another_protocol_is_never_mixed_in(searched) 
 
 def test_confirm_cli_and_its_errors(searched, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     recipe_path = tmp_path / "recipe.yaml"
+    assert main(["search", str(recipe_path), "--set", "search.seed=3"]) == 0  # the study is complete: no training
+    assert (f"retrain the best cells with more seeds: llmnas confirm {recipe_path} --set search.seed=3"
+            in capsys.readouterr().out)
     assert main(["confirm", str(recipe_path), "--top-k", "1", "--seeds", "3", "--valid-images", "12"]) == 0
     assert "**pick**" in capsys.readouterr().out
     for argv, message in [
