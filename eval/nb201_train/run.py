@@ -232,6 +232,7 @@ def stage_confirm(recipe: VisionRecipe, out: Path, shard: tuple[int, int] = (0, 
     record = {**summary.to_dict(), "trained_now": summary.trained, "seconds": summary.seconds,
               "runs": len(summary.candidates) * len(summary.seeds),
               "epochs": len(summary.candidates) * len(summary.seeds) * (recipe.train.epochs or 0),
+              "train_seconds": sum(c["train_seconds"] for c in summary.candidates),
               "picked_table": {d: pick["ground_truth"][f"{d}_test200"] for d in DATASETS}}
     (out / "confirm.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
@@ -328,7 +329,8 @@ def report(out: Path, command: str, recipe: VisionRecipe) -> str:
         p, images = confirm["picked_table"], confirm["protocol"]["data"]["valid_images"]
         seeds = ", ".join(map(str, confirm["seeds"]))
         lines += ["", f"Confirmation (`results/confirm/RULE.md`): the search's best {len(confirm['candidates'])} cells "
-                  f"retrained with seeds {seeds} ({confirm['epochs']:g} epochs in all), scored on "
+                  f"retrained with seeds {seeds} ({confirm['epochs']:g} epochs in all, "
+                  f"{confirm['train_seconds'] / 60:.0f} min of training), scored on "
                   f"{'all' if images is None else images} validation images; the pick has the highest mean.",
                   "", "| search rank | trial | search val_error | " + " | ".join(f"seed {s}" for s in confirm["seeds"])
                   + " | mean ± std | table CIFAR-10 (ground truth) |", "|" + "---|" * (5 + len(confirm["seeds"]))]
@@ -336,10 +338,10 @@ def report(out: Path, command: str, recipe: VisionRecipe) -> str:
             mark = " **pick**" if c["trial"] == confirm["pick"]["trial"] else ""
             lines.append(f"| {c['search_rank']}{mark} | {c['trial']} | {c['search_value']:.2f} | "
                          + " | ".join(f"{c['val_acc'][str(s)]:.2f}" for s in confirm["seeds"])
-                         + f" | {c['mean']:.2f} ± {c['std'] or 0:.2f} | {c['ground_truth']['cifar10_test200']:.2f} |")
-        lines += ["", f"Confirmed pick {md_cell(confirm['pick']['cell'])}: **{p['cifar10']:.2f} / "
-                  f"{p['cifar100']:.2f} / {p['imagenet16-120']:.2f}** (CIFAR-10 / CIFAR-100 / ImageNet16-120, "
-                  "200-epoch table)."]
+                         + f" | {c['mean']:.2f} ± {c['std'] or 0:.2f} | {c['ground_truth']['cifar10_test200']:.3f} |")
+        lines += ["", f"Confirmed pick {md_cell(confirm['pick']['cell'])}: **{p['cifar10']:.3f} / "
+                  f"{p['cifar100']:.3f} / {p['imagenet16-120']:.3f}** (CIFAR-10 / CIFAR-100 / ImageNet16-120, "
+                  "200-epoch table, to the table's precision)."]
     if fmnist:
         record["fmnist"] = fmnist
         lines += ["", "| Fashion-MNIST (same budget) | params | test accuracy % | train s |", "|---|---|---|---|"]

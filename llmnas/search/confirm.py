@@ -196,6 +196,7 @@ def summarize(recipe: VisionRecipe, best: list[FrozenTrial], seeds: tuple[int, .
                      "val_acc": {str(s): got[s]["val_acc"] for s in seeds if s in got},
                      "mean": statistics.fmean(accs) if accs else None,
                      "std": statistics.stdev(accs) if len(accs) > 1 else None,
+                     "train_seconds": sum(got[s]["train_seconds"] for s in got),
                      "ground_truth": t.user_attrs.get("ground_truth")})
     pick = None
     if not missing:
