@@ -57,6 +57,11 @@ class ConfirmSummary:
                 "pick": self.pick, "missing": [list(m) for m in self.missing]}
 
 
+def cell_key(trial: FrozenTrial) -> str:
+    """The trial's cell up to isomorphism (NAS-Bench-201's unique string), else its cell string."""
+    return trial.user_attrs.get("cell_key", trial.user_attrs["cell"])
+
+
 def candidates(study: optuna.Study, top_k: int) -> list[FrozenTrial]:
     """The best ``top_k`` distinct cells of the study: completed trials that trained (not a copy of an earlier
     trial), by the first objective, ties the earliest."""
@@ -65,7 +70,7 @@ def candidates(study: optuna.Study, top_k: int) -> list[FrozenTrial]:
     done.sort(key=lambda t: (t.values[0], t.number))
     out, seen = [], set()
     for t in done:
-        key = t.user_attrs.get("cell_key", t.user_attrs["cell"])
+        key = cell_key(t)
         if key not in seen:
             seen.add(key)
             out.append(t)
@@ -139,7 +144,7 @@ def confirm_vision_study(recipe: VisionRecipe, *, top_k: int = 5, seeds: tuple[i
     runs = stored_runs(study, tag)
     jobs = [(t, s) for t in best for s in seeds]
     todo = [(t, s) for j, (t, s) in enumerate(jobs)
-            if j % shard[1] == shard[0] and (t.user_attrs.get("cell_key", t.user_attrs["cell"]), s) not in runs]
+            if j % shard[1] == shard[0] and (cell_key(t), s) not in runs]
     trained = 0
     if todo:
         confirm_recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, valid_images=valid_images))
@@ -156,7 +161,7 @@ def confirm_vision_study(recipe: VisionRecipe, *, top_k: int = 5, seeds: tuple[i
             cfg = recipe.train.replace(seed=seed, eval_every_epochs=None)
             cell = NB201Cell.from_str(t.user_attrs["cell"])
             _, r = train_cell(cell, task.data, task.train_idx, {"valid": task.valid_idx}, cfg, accelerator)
-            key = t.user_attrs.get("cell_key", t.user_attrs["cell"])
+            key = cell_key(t)
             row = {"trial": t.number, "cell": cell.to_str(), "cell_key": key, "seed": seed,
                    "val_acc": r.accuracy["valid"], "val_loss": r.loss["valid"], "valid_images": len(task.valid_idx),
                    "train_images": r.train_images, "steps": r.steps, "train_seconds": r.train_seconds,
@@ -187,7 +192,7 @@ def summarize(recipe: VisionRecipe, best: list[FrozenTrial], seeds: tuple[int, .
               runs: dict[tuple[str, int], dict[str, Any]]) -> ConfirmSummary:
     rows, missing = [], []
     for rank, t in enumerate(best, 1):
-        key = t.user_attrs.get("cell_key", t.user_attrs["cell"])
+        key = cell_key(t)
         got = {s: runs[(key, s)] for s in seeds if (key, s) in runs}
         missing += [(t.number, s) for s in seeds if s not in got]
         accs = [got[s]["val_acc"] for s in seeds if s in got]
