@@ -14,9 +14,9 @@ validation half. Stages (each appends to ``<out>/*.jsonl`` and skips what is the
    cell is the one with the lowest validation error among the trials that trained their whole budget (ties:
    the earliest trial); its 200-epoch table accuracies on CIFAR-10, CIFAR-100 and ImageNet16-120. With a
    pruner (``recipes/nb201_cifar10_sha.yaml``) it also counts the pruned trials and the epochs trained.
-4. ``fmnist``: the picked cell and NAS-Bench-201's ResNet retrained from scratch on Fashion-MNIST with one
-   budget (the recipe's ``retrain`` section: 20,000 training images, 2 epochs), test accuracy on the 10,000
-   test images.
+4. ``fmnist``: the picked cell (the confirmed one once ``confirm`` has run) and NAS-Bench-201's ResNet
+   retrained from scratch on Fashion-MNIST with one budget (the recipe's ``retrain`` section: 20,000 training
+   images, 2 epochs), test accuracy on the 10,000 test images.
 5. ``rerank`` (a post-hoc diagnostic, added after the search's pick was seen): the search's best 5 cells by
    validation error retrained with 4x the training images, to see whether the short budget's preference
    for skip-heavy cells survives a longer one.
@@ -239,6 +239,8 @@ def stage_confirm(recipe: VisionRecipe, out: Path, shard: tuple[int, int] = (0, 
 
 
 def stage_fmnist(recipe: VisionRecipe, out: Path, cell: str | None) -> list[dict]:
+    if cell is None and (out / "confirm.json").exists():  # the confirmed pick, where the search was confirmed
+        cell = json.loads((out / "confirm.json").read_text())["pick"]["cell"]
     if cell is None:
         search = out / "search.json"
         if not search.exists():
@@ -373,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="recipe override, e.g. search.n_trials=10 (changes what is reported)")
     p.add_argument("--shard", default="0/1", metavar="K/N",
                    help="train only every N-th cell of a stage, from the K-th (run N processes to share the cores)")
-    p.add_argument("--cell", help="the cell retrained on Fashion-MNIST (default: the search's pick)")
+    p.add_argument("--cell", help="the cell retrained on Fashion-MNIST (default: the confirmed pick, else the "
+                   "search's pick)")
     args = p.parse_args(argv)
     try:
         stages = [s.strip() for s in args.stages.split(",") if s.strip()]
