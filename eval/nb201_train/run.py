@@ -344,11 +344,12 @@ def report(out: Path, command: str, recipe: VisionRecipe) -> str:
         from scipy.stats import spearmanr
 
         truth = [c["ground_truth"]["cifar10_test200"] for c in confirm["candidates"]]
-        single = float(spearmanr([-c["search_value"] for c in confirm["candidates"]], truth).statistic)
-        mean = float(spearmanr([c["mean"] for c in confirm["candidates"]], truth).statistic)
-        record["confirm_spearman"] = {"search_single_run": single, "confirmed_mean": mean}
-        lines += ["", f"Spearman rho against the table over these {len(truth)} cells: the search's single run "
-                  f"{single:.2f}, the confirmed mean {mean:.2f}."]
+        if len(truth) >= 3:  # a rank correlation of fewer cells says nothing
+            single = float(spearmanr([-c["search_value"] for c in confirm["candidates"]], truth).statistic)
+            mean = float(spearmanr([c["mean"] for c in confirm["candidates"]], truth).statistic)
+            record["confirm_spearman"] = {"search_single_run": single, "confirmed_mean": mean}
+            lines += ["", f"Spearman rho against the table over these {len(truth)} cells: the search's single run "
+                      f"{single:.2f}, the confirmed mean {mean:.2f}."]
         lines += ["", f"Confirmed pick {md_cell(confirm['pick']['cell'])}: **{p['cifar10']:.3f} / "
                   f"{p['cifar100']:.3f} / {p['imagenet16-120']:.3f}** (CIFAR-10 / CIFAR-100 / ImageNet16-120, "
                   "200-epoch table, to the table's precision)."]
