@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from llmnas.benchmarks.nb201 import DATASETS, NB201Table, load_nb201  # noqa: E402
 from llmnas.errors import LlmnasError  # noqa: E402
 from llmnas.recipe import load_recipe  # noqa: E402
+from llmnas.search.confirm import parse_shard  # noqa: E402
 from llmnas.space.nb201 import NB201Cell  # noqa: E402
 from llmnas.vision.data import load_images, nb201_split  # noqa: E402
 from llmnas.vision.recipe import VisionRecipe  # noqa: E402
@@ -389,13 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 NB201Cell.from_str(args.cell)
             except ValueError as e:
                 raise LlmnasError(f"--cell: {e}") from None
-        try:
-            k, n = (int(x) for x in args.shard.split("/"))
-            if not 0 <= k < n:
-                raise ValueError
-        except ValueError:
-            raise LlmnasError(f"--shard {args.shard!r}: must be K/N with 0 <= K < N, e.g. 1/2") from None
-        shard = (k, n)
+        shard = parse_shard(args.shard)
         torch.set_num_threads(args.threads)
         overrides = [f"run_dir={ROOT / 'runs' / 'eval_nb201_train'}", *args.overrides]
         recipe = load_recipe(args.recipe, overrides)

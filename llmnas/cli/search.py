@@ -106,21 +106,18 @@ def search(args: argparse.Namespace) -> int:
 
 def confirm(args: argparse.Namespace) -> int:
     from llmnas.errors import RecipeError
-    from llmnas.search.confirm import confirm_vision_study
+    from llmnas.search.confirm import confirm_vision_study, parse_shard
 
     try:
         seeds = tuple(int(x) for x in args.seeds.split(","))
     except ValueError:
         raise RecipeError(f"--seeds {args.seeds!r}: must be integers separated by commas, e.g. 1,2,3") from None
     try:
-        k, n = (int(x) for x in args.shard.split("/"))
-    except ValueError:
-        raise RecipeError(f"--shard {args.shard!r}: must be K/N with 0 <= K < N, e.g. 1/2") from None
-    try:
         valid = None if args.valid_images == "all" else int(args.valid_images)
     except ValueError:
         raise RecipeError(f"--valid-images {args.valid_images!r}: must be a positive integer, or 'all'") from None
-    confirm_vision_study(_recipe(args), top_k=args.top_k, seeds=seeds, valid_images=valid, shard=(k, n))
+    confirm_vision_study(_recipe(args), top_k=args.top_k, seeds=seeds, valid_images=valid,
+                         shard=parse_shard(args.shard))
     return 0
 
 

@@ -41,7 +41,7 @@ class ConfirmSummary:
     """The candidates, every stored run of this protocol, and the pick once every run is there."""
 
     candidates: list[dict[str, Any]]
-    """One per candidate cell, in search order: trial, cell, search value, runs (seed -> row), mean, std."""
+    """One per candidate cell, in search order: trial, cell, search value, val_acc (seed -> accuracy), mean, std."""
     seeds: tuple[int, ...]
     protocol: dict[str, Any]
     trained: int = 0
@@ -97,6 +97,17 @@ def stored_runs(study: optuna.Study, tag: str) -> dict[tuple[str, int], dict[str
         if key.startswith(f"{PREFIX}{tag}:") and isinstance(row, dict):
             out[(row["cell_key"], int(row["seed"]))] = row
     return out
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard K/N`` as (k, n), with 0 <= k < n; one error naming the flag otherwise."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+        if not 0 <= k < n:
+            raise ValueError
+    except ValueError:
+        raise RecipeError(f"--shard {text!r}: must be K/N with 0 <= K < N, e.g. 1/2") from None
+    return k, n
 
 
 def check_options(top_k: int, seeds: tuple[int, ...], valid_images: int | None, shard: tuple[int, int]) -> None:

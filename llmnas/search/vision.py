@@ -224,12 +224,11 @@ def follow(recipe: VisionRecipe, task: VisionTask, accelerator: Accelerator) -> 
 
 def top_table(study: optuna.Study, k: int, objective: str) -> str:
     """The best ``k`` distinct cells by the first objective, with the ground truth in its own marked columns."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if "reused_from" not in t.user_attrs]
-    done.sort(key=lambda t: (t.values[0], t.number))
+    from llmnas.search.confirm import candidates  # the cells llmnas confirm would retrain
+
     lines = [f"| rank | trial | {objective} | val_acc | params | images/s | cell | table CIFAR-10 200ep "
              "(ground truth, unused) |", "|---|---|---|---|---|---|---|---|"]
-    for rank, t in enumerate(done[:k], 1):
+    for rank, t in enumerate(candidates(study, k), 1):
         a = t.user_attrs
         truth = a.get("ground_truth", {}).get("cifar10_test200")
         cell_md = "`" + str(a.get("cell")).replace("|", "\\|") + "`"  # a table cell: its '|' escaped

@@ -104,7 +104,7 @@ def test_confirm_cli_and_its_errors(searched, tmp_path: Path, capsys: pytest.Cap
         (["--top-k", "0"], "--top-k 0: must be a positive integer"),
         (["--seeds", "1,x"], "--seeds '1,x': must be integers separated by commas"),
         (["--seeds", "1,1"], "a seed is repeated"),
-        (["--shard", "2/2"], "--shard 2/2: must be K/N with 0 <= K < N"),
+        (["--shard", "2/2"], "--shard '2/2': must be K/N with 0 <= K < N"),
         (["--valid-images", "some"], "--valid-images 'some': must be a positive integer, or 'all'"),
         (["--set", "study=never_searched"], "never_searched/study.db: no such study database"),
     ]:
