@@ -20,10 +20,12 @@ validation half. Stages (each appends to ``<out>/*.jsonl`` and skips what is the
 5. ``rerank`` (a post-hoc diagnostic, added after the search's pick was seen): the search's best 5 cells by
    validation error retrained with 4x the training images, to see whether the short budget's preference
    for skip-heavy cells survives a longer one.
-6. ``confirm`` (the rule in ``results/confirm/RULE.md``, fixed before it was run): ``llmnas confirm`` on the
-   search's study: its best 5 distinct cells retrained with seeds 1, 2, 3 and the recipe's budget, scored on
-   all 25,000 validation images; the confirmed pick is the highest mean; its table accuracies beside the
-   search's own pick. ``--shard K/N`` shares the 15 runs between processes.
+6. ``confirm`` (``--confirm-rule``, each rule fixed in its RULE.md before it was run): ``llmnas confirm`` on
+   the search's study: its best 5 distinct cells retrained from scratch, scored on all 25,000 validation
+   images; the confirmed pick is the highest mean; its table accuracies beside the search's own pick.
+   ``confirm`` (``results/confirm/RULE.md``): seeds 1, 2, 3 at the recipe's budget; ``confirm4x``
+   (``results/confirm4x/RULE.md``): seeds 1, 2 on 4x the training images (10,000). ``--shard K/N`` shares the
+   runs between processes; ``<out>/<rule>.json`` once all are stored.
 7. ``report``: ``<out>/results.md`` and ``<out>/results.json``.
 
     python eval/nb201_train/run.py --threads 1                         # rank, search, fmnist, report
@@ -58,7 +60,9 @@ from llmnas.vision.recipe import VisionRecipe  # noqa: E402
 from llmnas.vision.train import RESNET, VisionTrainConfig, make_accelerator, stratified_subset, train_cell  # noqa: E402
 
 STAGES = ("tune", "rank", "search", "fmnist", "rerank", "confirm", "report")
-CONFIRM_TOP, CONFIRM_SEEDS = 5, (1, 2, 3)  # results/confirm/RULE.md
+# Confirmation rules, each fixed in results/<name>/RULE.md before it was run: (top k, seeds, training images
+# per run; None: the recipe's). When a search has several, the last one here is the one reported and retrained.
+CONFIRM_RULES = {"confirm": (5, (1, 2, 3), None), "confirm4x": (5, (1, 2), 10_000)}
 RERANK_TOP, RERANK_FACTOR = 5, 4
 RECIPE = ROOT / "recipes" / "nb201_cifar10.yaml"
 TABLES = ROOT.parent / "shared" / "data" / "nasbench201"
@@ -220,28 +224,39 @@ def stage_rerank(recipe: VisionRecipe, table: NB201Table, out: Path,
     return train_cells(indices, longer, table, out / "rerank.jsonl", shard)
 
 
-def stage_confirm(recipe: VisionRecipe, out: Path, shard: tuple[int, int] = (0, 1)) -> dict | None:
-    """The rule of ``results/confirm/RULE.md``: ``llmnas confirm`` on the search's study (best 5 cells, seeds 1, 2,
-    3, the whole validation half); ``<out>/confirm.json`` once every run is stored (any shard's)."""
+def stage_confirm(recipe: VisionRecipe, out: Path, shard: tuple[int, int] = (0, 1),
+                  rule: str = "confirm") -> dict | None:
+    """``llmnas confirm`` on the search's study under one of ``CONFIRM_RULES`` (its RULE.md: best k cells, its
+    seeds and training images per run, the whole validation half); ``<out>/<rule>.json`` once every run is stored
+    (any shard's)."""
     from llmnas.search.confirm import confirm_vision_study
 
-    summary = confirm_vision_study(recipe, top_k=CONFIRM_TOP, seeds=CONFIRM_SEEDS, valid_images=None, shard=shard)
+    top_k, seeds, train_images = CONFIRM_RULES[rule]
+    if train_images is not None:
+        recipe = dataclasses.replace(recipe, train=recipe.train.replace(train_images=train_images))
+    summary = confirm_vision_study(recipe, top_k=top_k, seeds=seeds, valid_images=None, shard=shard)
     if summary.pick is None:
         print(f"confirm: {len(summary.missing)} run(s) still to come from another shard; rerun the stage then")
         return None
     pick = summary.pick
-    record = {**summary.to_dict(), "trained_now": summary.trained, "seconds": summary.seconds,
-              "runs": len(summary.candidates) * len(summary.seeds),
-              "epochs": len(summary.candidates) * len(summary.seeds) * (recipe.train.epochs or 0),
+    runs = len(summary.candidates) * len(summary.seeds)
+    record = {**summary.to_dict(), "rule": rule, "trained_now": summary.trained, "seconds": summary.seconds,
+              "runs": runs, "train_images": recipe.train.train_images,
+              "epochs": runs * (recipe.train.epochs or 0),
               "train_seconds": sum(c["train_seconds"] for c in summary.candidates),
               "picked_table": {d: pick["ground_truth"][f"{d}_test200"] for d in DATASETS}}
-    (out / "confirm.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out / f"{rule}.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 
+def confirmed(out: Path) -> list[dict]:
+    """The confirmation records of ``out``, in ``CONFIRM_RULES`` order (the last is the reported one)."""
+    return [json.loads((out / f"{r}.json").read_text()) for r in CONFIRM_RULES if (out / f"{r}.json").exists()]
+
+
 def stage_fmnist(recipe: VisionRecipe, out: Path, cell: str | None) -> list[dict]:
-    if cell is None and (out / "confirm.json").exists():  # the confirmed pick, where the search was confirmed
-        cell = json.loads((out / "confirm.json").read_text())["pick"]["cell"]
+    if cell is None and confirmed(out):  # the confirmed pick (the last rule's), where the search was confirmed
+        cell = confirmed(out)[-1]["pick"]["cell"]
     if cell is None:
         search = out / "search.json"
         if not search.exists():
@@ -326,14 +341,17 @@ def report(out: Path, command: str, recipe: VisionRecipe) -> str:
                   "| cell | val acc, search budget | val acc, 4x images | table CIFAR-10 |", "|---|---|---|---|"]
         lines += [f"| {md_cell(r['cell'])} | {short[r['cell']]['val_acc']:.2f} | {r['val_acc']:.2f} | "
                   f"{r['table_test200']['cifar10']:.2f} |" for r in rerank]
-    confirm = json.loads((out / "confirm.json").read_text()) if (out / "confirm.json").exists() else None
-    if confirm and search:
-        record["confirm"] = confirm
+    for confirm in confirmed(out) if search else []:
+        rule = confirm.get("rule", "confirm")
+        record.setdefault("confirm_rules", {})[rule] = confirm
+        if rule == "confirm":
+            record["confirm"] = confirm
         p, images = confirm["picked_table"], confirm["protocol"]["data"]["valid_images"]
         seeds = ", ".join(map(str, confirm["seeds"]))
-        lines += ["", f"Confirmation (`results/confirm/RULE.md`): the search's best {len(confirm['candidates'])} cells "
-                  f"retrained with seeds {seeds} ({confirm['epochs']:g} epochs in all, "
-                  f"{confirm['train_seconds'] / 60:.0f} min of training), scored on "
+        per_run = confirm["protocol"]["train"]["train_images"]
+        lines += ["", f"Confirmation (`results/{rule}/RULE.md`): the search's best {len(confirm['candidates'])} cells "
+                  f"retrained with seeds {seeds} on {per_run:,} training images each ({confirm['epochs']:g} epochs "
+                  f"in all, {confirm['train_seconds'] / 60:.0f} min of training), scored on "
                   f"{'all' if images is None else images} validation images; the pick has the highest mean.",
                   "", "| search rank | trial | search val_error | " + " | ".join(f"seed {s}" for s in confirm["seeds"])
                   + " | mean ± std | table CIFAR-10 (ground truth) |", "|" + "---|" * (5 + len(confirm["seeds"]))]
@@ -348,10 +366,13 @@ def report(out: Path, command: str, recipe: VisionRecipe) -> str:
         if len(truth) >= 3:  # a rank correlation of fewer cells says nothing
             single = float(spearmanr([-c["search_value"] for c in confirm["candidates"]], truth).statistic)
             mean = float(spearmanr([c["mean"] for c in confirm["candidates"]], truth).statistic)
-            record["confirm_spearman"] = {"search_single_run": single, "confirmed_mean": mean}
+            record.setdefault("confirm_spearman_rules", {})[rule] = {"search_single_run": single,
+                                                                     "confirmed_mean": mean}
+            if rule == "confirm":
+                record["confirm_spearman"] = record["confirm_spearman_rules"][rule]
             lines += ["", f"Spearman rho against the table over these {len(truth)} cells: the search's single run "
                       f"{single:.2f}, the confirmed mean {mean:.2f}."]
-        lines += ["", f"Confirmed pick {md_cell(confirm['pick']['cell'])}: **{p['cifar10']:.3f} / "
+        lines += ["", f"Confirmed pick ({rule}) {md_cell(confirm['pick']['cell'])}: **{p['cifar10']:.3f} / "
                   f"{p['cifar100']:.3f} / {p['imagenet16-120']:.3f}** (CIFAR-10 / CIFAR-100 / ImageNet16-120, "
                   "200-epoch table, to the table's precision)."]
     if fmnist:
@@ -377,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="recipe override, e.g. search.n_trials=10 (changes what is reported)")
     p.add_argument("--shard", default="0/1", metavar="K/N",
                    help="train only every N-th cell of a stage, from the K-th (run N processes to share the cores)")
+    p.add_argument("--confirm-rule", default="confirm", choices=list(CONFIRM_RULES),
+                   help="the confirm stage's rule (results/<rule>/RULE.md; default: confirm)")
     p.add_argument("--cell", help="the cell retrained on Fashion-MNIST (default: the confirmed pick, else the "
                    "search's pick)")
     args = p.parse_args(argv)
@@ -408,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps([(r["val_acc"], r["table_test200"]["cifar10"]) for r in
                                   stage_rerank(recipe, table, args.out, shard)]))
             elif stage == "confirm":
-                done = stage_confirm(recipe, args.out, shard)
+                done = stage_confirm(recipe, args.out, shard, args.confirm_rule)
                 print(json.dumps(done["picked_table"] if done else None))
             elif stage == "fmnist":
                 print(json.dumps(stage_fmnist(recipe, args.out, args.cell)))

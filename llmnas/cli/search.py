@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Retrain the study's best --top-k distinct cells from scratch with the recipe's budget and each "
         "of --seeds, score every run on --valid-images of the validation half, and pick the cell with the highest "
         "mean validation accuracy (ties: the better search rank). Runs are stored in the study as they finish: "
-        "rerunning resumes, and --shard K/N shares the runs between commands started side by side.",
+        "rerunning resumes, and --shard K/N shares the runs between commands started side by side. A larger "
+        "budget per run, e.g. --set train.train_images=10000, is another protocol: its runs are stored apart.",
     )
     c.add_argument("recipe", help="the vision recipe of the study (the same --set overrides as the search)")
     _overrides(c)

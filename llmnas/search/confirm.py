@@ -3,7 +3,8 @@
 A search picks by one number per cell: one training run (one seed, one training subset) scored on the recipe's
 validation images. Among the best few cells of a search that number differs by less than its own noise, so the
 pick is decided by noise. Confirmation retrains the study's best ``top_k`` distinct cells (by the first
-objective; ties: the earliest trial) from scratch with the recipe's budget and other training seeds (the seed sets
+objective; ties: the earliest trial) from scratch with the recipe's budget (or a larger one, given as a recipe
+override such as ``train.train_images``: another protocol) and other training seeds (the seed sets
 the initialisation, the image order, the augmentation and the class-stratified training subset), scores each run
 on more validation images (``valid_images``; ``None``: the whole validation half, never the test images), and
 picks the cell with the highest mean validation accuracy over the seeds (ties: the better search rank).
@@ -220,11 +221,19 @@ def summarize(recipe: VisionRecipe, best: list[FrozenTrial], seeds: tuple[int, .
     return ConfirmSummary(rows, seeds, protocol, missing=missing, pick=pick)
 
 
+def budget(train: dict[str, Any]) -> str:
+    """A run's budget in words, e.g. '2,500 training images x 18 epochs'."""
+    images = "all training images" if train["train_images"] is None else f"{train['train_images']:,} training images"
+    length = f"{train['epochs']:g} epochs" if train["epochs"] else f"{train['max_steps']} steps"
+    return f"{images} x {length}"
+
+
 def confirm_table(recipe: VisionRecipe, summary: ConfirmSummary) -> str:
     seeds = summary.seeds
     images = summary.protocol["data"]["valid_images"]
     lines = [f"# {recipe.study}: the best {len(summary.candidates)} cells confirmed", "",
-             f"Each retrained from scratch with the recipe's budget and seeds {', '.join(map(str, seeds))}, scored on "
+             f"Each retrained from scratch ({budget(summary.protocol['train'])}) with seeds "
+             f"{', '.join(map(str, seeds))}, scored on "
              f"{'all' if images is None else images} validation images; the pick has the highest mean (ties: the "
              "better search rank).", "",
              f"| search rank | trial | {summary.candidates[0]['objective']} (search) | "

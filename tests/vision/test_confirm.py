@@ -139,4 +139,18 @@ def test_the_benchmark_confirms_its_search_by_the_committed_rule(tiny_folder: Pa
     pick = confirm["pick"]
     assert pick["mean"] == max(c["mean"] for c in confirm["candidates"])
     assert confirm["picked_table"]["cifar10"] == pick["ground_truth"]["cifar10_test200"]
-    assert "Confirmed pick" in (out / "results.md").read_text()
+    assert "Confirmed pick (confirm)" in (out / "results.md").read_text()
+    # the second rule (results/confirm4x/RULE.md): seeds 1, 2, each run on 10,000 training images (here all the tiny
+    # set has); its runs are another protocol's, stored beside the first rule's, and both are reported
+    done = subprocess.run([sys.executable, "eval/nb201_train/run.py", "--stages", "confirm,report", "--confirm-rule",
+                           "confirm4x", "--recipe", str(tiny_recipe(tmp_path, tiny_folder)),
+                           "--set", f"run_dir={tmp_path / 'runs'}", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    wider = json.loads((out / "confirm4x.json").read_text())
+    assert wider["seeds"] == [1, 2] and wider["protocol"]["train"]["train_images"] == 10_000
+    assert wider["protocol"] != confirm["protocol"] and wider["trained_now"] == wider["runs"]
+    assert [c["trial"] for c in wider["candidates"]] == [c["trial"] for c in confirm["candidates"]]
+    report = (out / "results.md").read_text()
+    assert "Confirmed pick (confirm)" in report and "Confirmed pick (confirm4x)" in report
+    assert "`results/confirm4x/RULE.md`" in report and "on 10,000 training images each" in report
