@@ -34,6 +34,12 @@ layer:
 DEEPSPEED_CONFIG = REPO / "recipes" / "accelerate" / "cpu_deepspeed_zero2.yaml"  # the shipped one
 SHARED_DATA = Path(os.environ.get("LLMNAS_SHARED_DATA", REPO.parent / "shared" / "data"))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest-xdist: the workers share the cores, one torch thread each
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # and for the processes the tests start
+    torch.set_num_threads(1)
+
 
 def shared_data(relative: str) -> Path:
     """Path of a file under ``../shared/data``; skips (or fails under CI) when it is missing."""
