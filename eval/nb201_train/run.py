@@ -255,8 +255,9 @@ def confirmed(out: Path) -> list[dict]:
 
 
 def stage_fmnist(recipe: VisionRecipe, out: Path, cell: str | None) -> list[dict]:
-    if cell is None and confirmed(out):  # the confirmed pick (the last rule's), where the search was confirmed
-        cell = confirmed(out)[-1]["pick"]["cell"]
+    records = confirmed(out)
+    if cell is None and records:  # the confirmed pick (the last rule's), where the search was confirmed
+        cell = records[-1]["pick"]["cell"]
     if cell is None:
         search = out / "search.json"
         if not search.exists():
@@ -343,9 +344,7 @@ def report(out: Path, command: str, recipe: VisionRecipe) -> str:
                   f"{r['table_test200']['cifar10']:.2f} |" for r in rerank]
     for confirm in confirmed(out) if search else []:
         rule = confirm.get("rule", "confirm")
-        record.setdefault("confirm_rules", {})[rule] = confirm
-        if rule == "confirm":
-            record["confirm"] = confirm
+        record[rule] = confirm  # "confirm", "confirm4x": one key per rule
         p, images = confirm["picked_table"], confirm["protocol"]["data"]["valid_images"]
         seeds = ", ".join(map(str, confirm["seeds"]))
         per_run = confirm["protocol"]["train"]["train_images"]
@@ -366,10 +365,7 @@ def report(out: Path, command: str, recipe: VisionRecipe) -> str:
         if len(truth) >= 3:  # a rank correlation of fewer cells says nothing
             single = float(spearmanr([-c["search_value"] for c in confirm["candidates"]], truth).statistic)
             mean = float(spearmanr([c["mean"] for c in confirm["candidates"]], truth).statistic)
-            record.setdefault("confirm_spearman_rules", {})[rule] = {"search_single_run": single,
-                                                                     "confirmed_mean": mean}
-            if rule == "confirm":
-                record["confirm_spearman"] = record["confirm_spearman_rules"][rule]
+            record[f"{rule}_spearman"] = {"search_single_run": single, "confirmed_mean": mean}
             lines += ["", f"Spearman rho against the table over these {len(truth)} cells: the search's single run "
                       f"{single:.2f}, the confirmed mean {mean:.2f}."]
         lines += ["", f"Confirmed pick ({rule}) {md_cell(confirm['pick']['cell'])}: **{p['cifar10']:.3f} / "
