@@ -50,6 +50,10 @@ VARIANTS = {
     # uniformly (supernet.balance: d_model; under the cap only 5 % of uniform draws are d_model 192)
     "balanced_d_model": (600, False, False, 8, 0, None, "d_model"),
     "split_pos_balanced": (600, False, False, 8, 0, "pos", "d_model"),
+    # seventh round (results/round7/RULE.md: chosen on the tuning and old main sets pooled, after 5 fine-tuning
+    # steps; the winner alone on a fresh set): depths balanced too, or 12 subnets per step
+    "split_pos_balanced_depth": (600, False, False, 8, 0, "pos", "[d_model,n_layers]"),
+    "split_pos_balanced_x12": (600, False, False, 12, 0, "pos", "d_model"),
 }
 #: the mean inherited-weight loss of several supernets (same budget, other seeds): second round
 ENSEMBLES = {"uniform600 x3 seeds": ("uniform600", "uniform600s1", "uniform600s2")}

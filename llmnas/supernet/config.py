@@ -44,11 +44,14 @@ class SupernetConfig:
     ``supernet.train`` budget on the subnets that take that value; a subnet is scored by its own value's
     supernet. Subnets that differ in that decision no longer share weights, at K times the training cost
     for K values. None: one supernet."""
-    balance: str | None = None
+    balance: str | tuple[str, ...] | None = None
     """Draw each random subnet's value of this space-wide decision (one of :data:`SPLIT_DECISIONS`) uniformly
     among its feasible values first, then the other decisions uniformly given it. Under a parameter cap, uniform
     decisions leave the widest models rare (5 % of ``tiny_char``'s under the baby-GPT cap are ``d_model`` 192), so
     the channels only they use are seldom trained; ``balance: d_model`` trains every width equally often.
+    A list balances several decisions in turn: ``[d_model, n_layers]`` draws the width uniformly among the
+    feasible widths, then the depth uniformly among the depths feasible at that width (under a cap a drawn depth
+    is rejected more often the deeper it is, so the last layers are seldom trained), then the rest.
     None: every decision uniform (then the constraints)."""
     out: str | None = None
     """Folder of the supernet; default ``<run_dir>/<study>/supernet``."""
@@ -68,15 +71,30 @@ class SupernetConfig:
             raise RecipeError(f"supernet.distill={self.distill!r}: must be in [0, 1]")
         if self.distill and not self.largest:
             raise RecipeError("supernet.distill needs supernet.largest: true (the largest subnet is the teacher)")
-        for name in ("split", "balance"):
-            value = getattr(self, name)
-            if value is not None and value not in SPLIT_DECISIONS:
-                raise RecipeError(f"supernet.{name}={value!r}: must be one of {', '.join(SPLIT_DECISIONS)} (or absent)")
-        if self.balance is not None and self.balance == self.split:
-            raise RecipeError(f"supernet.balance={self.balance!r}: the supernet is split on it already (each part "
-                              "takes one value)")
+        if self.split is not None and self.split not in SPLIT_DECISIONS:
+            raise RecipeError(f"supernet.split={self.split!r}: must be one of {', '.join(SPLIT_DECISIONS)} (or absent)")
+        if isinstance(self.balance, (list, tuple)):  # one decision listed alone is that decision
+            balance = tuple(self.balance)
+            object.__setattr__(self, "balance", balance[0] if len(balance) == 1 else balance)
+        shown = list(self.balance) if isinstance(self.balance, tuple) else self.balance  # as the YAML wrote it
+        for decision in self.balanced_decisions:
+            if not isinstance(decision, str) or decision not in SPLIT_DECISIONS:
+                raise RecipeError(f"supernet.balance={shown!r}: {decision!r} is not one of "
+                                  f"{', '.join(SPLIT_DECISIONS)} (give one of them, a list of them, or nothing)")
+            if decision == self.split:
+                raise RecipeError(f"supernet.balance={shown!r}: the supernet is split on {decision!r} already "
+                                  "(each part takes one value)")
+        if len(set(self.balanced_decisions)) < len(self.balanced_decisions) or self.balance == ():
+            raise RecipeError(f"supernet.balance={shown!r}: list each decision once (and at least one)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise RecipeError(f"supernet.seed={self.seed!r}: must be a non-negative integer")
+
+    @property
+    def balanced_decisions(self) -> tuple[str, ...]:
+        """The decisions of ``balance``, in the order they are drawn."""
+        if self.balance is None:
+            return ()
+        return self.balance if isinstance(self.balance, tuple) else (self.balance,)
 
     @property
     def n_subnets(self) -> int:

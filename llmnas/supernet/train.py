@@ -56,6 +56,7 @@ from llmnas.supernet.model import SuperNet
 from llmnas.supernet.split import (
     by_part,
     feasible_draw,
+    feasible_values,
     is_split,
     part_folder,
     read_manifest,
@@ -111,8 +112,9 @@ class SandwichPlan:
 
     def __init__(self, space: TransformerSpace, cfg: SupernetConfig, part: tuple[str, Any] | None = None) -> None:
         self.space, self.cfg, self.part = space, cfg, part
-        self.balanced = (split_values(space, cfg.balance, "supernet.balance", dict([part]) if part else None)
-                         if cfg.balance else [])
+        self._feasible: dict[tuple, list[Any]] = {}
+        for decision in cfg.balanced_decisions:  # each must be a decision of the space (a clear error if not)
+            split_values(space, decision, "supernet.balance", dict([part]) if part else None)
         rng = np.random.default_rng([cfg.seed, 1 << 20])
         pool = [self._draw(rng) for _ in range(cfg.pool_size)]
         archs = [space.decode(p) for p in pool]
@@ -154,12 +156,21 @@ class SandwichPlan:
             out.append(("random", arch))
         return out
 
+    def feasible(self, decision: str, fixed: dict[str, Any]) -> list[Any]:
+        """The values of ``decision`` some feasible architecture takes with the ``fixed`` decisions (cached)."""
+        key = (decision, *sorted((k, str(v)) for k, v in fixed.items()))
+        if key not in self._feasible:
+            self._feasible[key] = feasible_values(self.space, decision, fixed)
+        return self._feasible[key]
+
     def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
-        """Uniformly random feasible decisions (within the part, if any); with ``cfg.balance``, that decision's
-        value first, uniformly among its feasible values, then the rest uniformly given it."""
+        """Uniformly random feasible decisions (within the part, if any); with ``cfg.balance``, each balanced
+        decision's value in turn, uniformly among the values feasible given those drawn before it, then the rest
+        uniformly given them."""
         fixed = dict([self.part]) if self.part else {}
-        if self.balanced:
-            fixed[self.cfg.balance] = self.balanced[int(rng.integers(len(self.balanced)))]
+        for decision in self.cfg.balanced_decisions:
+            values = self.feasible(decision, fixed)
+            fixed[decision] = values[int(rng.integers(len(values)))]
         if not fixed:
             return self.space.sample_params(rng)
         params = feasible_draw(self.space, fixed, rng=rng)

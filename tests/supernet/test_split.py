@@ -63,10 +63,40 @@ def test_balance_draws_each_width_equally_often(quick) -> None:  # noqa: F811
     plan = SandwichPlan(space, SupernetConfig(pool_size=POOL, random_subnets=8, balance="d_model"), ("pos", "rope"))
     archs = [a for step in range(50) for _, a in plan.archs(step, 0.0)]
     assert {a.pos for a in archs} == {"rope"} and len({a.d_model for a in archs}) == 4
-    with pytest.raises(RecipeError, match="split on it already"):
+    with pytest.raises(RecipeError, match="split on .d_model. already"):
         SupernetConfig(split="d_model", balance="d_model")
     with pytest.raises(RecipeError, match="supernet.balance='tie_embeddings': space 'tiny' does not choose"):
         SandwichPlan(space, SupernetConfig(pool_size=POOL, balance="tie_embeddings"))
+
+
+def test_balance_list_draws_each_width_then_each_depth_feasible_at_it_equally_often(quick) -> None:  # noqa: F811
+    import collections
+
+    space = quick[2].with_constraints(type(quick[2].constraints)(max_params=1_000_000))
+    plan = SandwichPlan(space, SupernetConfig(pool_size=POOL, largest=False, smallest=False, random_subnets=8,
+                                             balance=["d_model", "n_layers"]))
+    archs = [a for step in range(100) for _, a in plan.archs(step, 0.0)]
+    assert all(a.param_counts().total <= 1_000_000 for a in archs)
+    cells = collections.Counter((a.d_model, len(a.blocks)) for a in archs)
+    widths = collections.Counter(a.d_model for a in archs)
+    assert set(widths) == {64, 96, 128, 160} and all(abs(n - 200) < 50 for n in widths.values()), widths
+    for width, n in widths.items():
+        depths = plan.feasible("n_layers", {"d_model": width})
+        assert {d for w, d in cells if w == width} == set(depths)  # every feasible depth, no other
+        # each depth of the width about equally often (expected n / len(depths), about 40-50 here)
+        assert all(cells[width, d] > 0.5 * n / len(depths) for d in depths), (width, cells)
+    # the widest models cannot be 6 layers deep under the cap: their depths stop earlier
+    assert plan.feasible("n_layers", {"d_model": 160}) == [2, 3, 4, 5]
+    # one decision listed alone is that decision (an existing supernet's record is unchanged)
+    assert SupernetConfig(balance=["d_model"]).balance == "d_model"
+    assert SupernetConfig(balance=("d_model", "n_layers")).balanced_decisions == ("d_model", "n_layers")
+    for bad, match in ((["d_model", "d_model"], "list each decision once"), ([], "list each decision once"),
+                       (["d_model", "heads"], "'heads' is not one of d_model, n_layers"),
+                       ("width", "'width' is not one of")):
+        with pytest.raises(RecipeError, match=match):
+            SupernetConfig(balance=bad)
+    with pytest.raises(RecipeError, match="split on 'pos' already"):
+        SupernetConfig(split="pos", balance=["d_model", "pos"])
 
 
 def test_split_supernet_trains_one_part_per_value_and_scores_each_subnet_with_its_part(quick, tmp_path) -> None:  # noqa: F811
