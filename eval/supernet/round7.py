@@ -80,8 +80,10 @@ def scored(folder: Path) -> list[dict] | None:
     rows = json.loads(fid.read_text())["fidelity"]["rows"]
     if any(r["arch_id"] not in tuned for r in rows):
         return None
+    # the proxies signed so that a lower value predicts a lower loss, as the scorers are
     return [{"arch_id": r["arch_id"], "truth": r["val_loss"], "inherited": r["supernet"],
-             "finetuned": tuned[r["arch_id"]]["val_loss"]} for r in rows]
+             "finetuned": tuned[r["arch_id"]]["val_loss"], "params": -r["params"], "grad_norm": -r["grad_norm"]}
+            for r in rows]
 
 
 def stats(rows: list[dict], key: str) -> dict:
@@ -136,6 +138,18 @@ def run_fresh(key: str, threads: int) -> dict:
             "finetuned": stats(rows, "finetuned")}
 
 
+def every_set(key: str) -> dict:
+    """For the record, after the fresh look: the winner and two proxies on each set and on all of them pooled
+    (not used for any choice)."""
+    from eval.supernet import budget
+
+    folders = {s: budget.OUT / CANDIDATES[key] / s for s in SETS} | {"fresh": OUT / "fresh"}
+    sets = {s: scored(f) for s, f in folders.items()}
+    sets["all"] = [r for rows in sets.values() for r in rows]
+    return {s: {"n": len(rows), **{k: stats(rows, k) for k in ("inherited", "finetuned", "params", "grad_norm")}}
+            for s, rows in sets.items()}
+
+
 def report(results: dict, chosen: str | None, fresh: dict | None) -> str:
     def cell(v: dict | None) -> str:
         return "–" if v is None else f"{v['kendall_tau']:.3f} / {v['spearman_rho']:.3f}"
@@ -161,6 +175,15 @@ def report(results: dict, chosen: str | None, fresh: dict | None) -> str:
                   f"| **inherited weights + {STEPS} steps (the reported figure; target tau >= 0.8)** | "
                   f"**{cell(fresh['finetuned'])}** |",
                   f"| inherited weights alone | {cell(fresh['inherited'])} |"]
+        every = fresh.get("every_set") or {}
+        if every:
+            lines += ["", "For the record (no choice made on it): Kendall tau / Spearman rho of the winner and two "
+                      "zero-cost proxies on each set, and on all of them pooled.", "",
+                      "| set | n | inherited weights | + 5 steps | parameter count | grad_norm |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            for s, e in every.items():
+                lines.append(f"| {s} | {e['n']} | {cell(e['inherited'])} | {cell(e['finetuned'])} | "
+                             f"{cell(e['params'])} | {cell(e['grad_norm'])} |")
     lines += ["", "Machine: a 2-core x86_64 container, CPU only, one torch thread per run.", ""]
     return "\n".join(lines)
 
@@ -188,6 +211,8 @@ def main() -> int:
             raise SystemExit(f"--fresh: the fresh set was already measured with {fresh['candidate']}; "
                              "the rule allows one look")
         fresh = run_fresh(chosen, args.threads)
+    if fresh is not None:
+        fresh["every_set"] = every_set(fresh["candidate"])
     OUT.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps({"candidates": results, "chosen": chosen, "fresh": fresh}, indent=1) + "\n")
     text = report(results, chosen, fresh)

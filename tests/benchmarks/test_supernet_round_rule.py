@@ -1,0 +1,70 @@
+"""The seventh supernet round's rule (eval/supernet/round7.py, results/round7/RULE.md): the choice on the pooled
+sets, its tie-breaks, the one look at the fresh set, and the committed record against the rule."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.fixture()
+def round7(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    from eval.supernet import round7 as module
+
+    return module
+
+
+def entry(cost: float, tau: float | None) -> dict:
+    e = {"variant": "v", "cost": cost, "sets": {}}
+    if tau is not None:
+        e["pooled"] = {"n": 60, "inherited": {"kendall_tau": 0.5, "spearman_rho": 0.6},
+                       "finetuned": {"kendall_tau": tau, "spearman_rho": 0.9}}
+    return e
+
+
+def test_the_highest_pooled_tau_wins_and_ties_at_three_decimals_go_to_the_cheaper_then_the_earlier(round7) -> None:
+    assert round7.winner({"K0": entry(19.4, 0.80), "K1": entry(19.4, 0.81), "K2": entry(26.6, 0.79)}) == "K1"
+    # 0.8091 and 0.8094 are equal at three decimals: the cheaper K0 wins over K2
+    assert round7.winner({"K0": entry(19.4, 0.8091), "K2": entry(26.6, 0.8094)}) == "K0"
+    # equal cost and tau: the earlier candidate (the incumbent) wins
+    assert round7.winner({"K0": entry(19.4, 0.8), "K1": entry(19.4, 0.8)}) == "K0"
+    # no choice until every candidate is measured
+    assert round7.winner({"K0": entry(19.4, 0.9), "K1": entry(19.4, None)}) is None
+
+
+def test_cost_counts_the_supernets_subnet_steps_over_the_searched_architectures_plus_fine_tuning(round7) -> None:
+    assert round7.cost("split_pos_balanced") == pytest.approx(3 * 600 * 8 / 1000 + 5)  # 19.4 steps
+    assert round7.cost("split_pos_balanced_x12") == pytest.approx(3 * 600 * 12 / 1000 + 5)  # 26.6 steps
+    assert 600 / round7.cost("split_pos_balanced_x12") >= 20  # every candidate keeps the 20x budget
+
+
+def test_the_fresh_set_is_looked_at_once(round7, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(round7, "OUT", tmp_path)
+    monkeypatch.setattr(round7, "table", lambda: {"K0": entry(19.4, 0.7), "K1": entry(19.4, 0.9)})
+    (tmp_path / "round7.json").write_text(json.dumps({"fresh": {"candidate": "K0"}}))
+    monkeypatch.setattr(sys, "argv", ["round7.py", "--fresh"])
+    with pytest.raises(SystemExit, match="already measured with K0; the rule allows one look"):
+        round7.main()
+    monkeypatch.setattr(round7, "table", lambda: {"K0": entry(19.4, 0.7), "K1": entry(19.4, None)})
+    with pytest.raises(SystemExit, match="not every candidate is measured"):
+        round7.main()
+
+
+def test_the_committed_record_follows_the_rule(round7) -> None:
+    """The committed choice is what the rule gives on the committed per-set files, and the fresh set was scored
+    with that choice only."""
+    record = json.loads((REPO / "eval" / "supernet" / "results" / "round7" / "round7.json").read_text())
+    assert record["chosen"] == round7.winner(record["candidates"])
+    assert record["fresh"]["candidate"] == record["chosen"] and record["fresh"]["n"] == 30
+    fresh = json.loads((round7.OUT / "fresh" / "supernet-finetune.json").read_text())["finetune"]
+    assert list(fresh["runs"]) == [round7.SCORER, "scratch 5 steps"]  # one scorer (and its control), one look
+    # the fresh architectures are none of the pooled sets'
+    ids = {s: {r["arch_id"] for r in json.loads((f / "supernet-scratch.json").read_text())["scratch"]}
+           for s, f in {"tuning": round7.SETS["tuning"][1], "main": round7.SETS["main"][1],
+                        "fresh": round7.FRESH_TRUTH}.items()}
+    assert len(ids["fresh"]) == 30 and not ids["fresh"] & (ids["tuning"] | ids["main"])
