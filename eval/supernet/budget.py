@@ -73,9 +73,16 @@ def balance(name: str) -> str | None:
 
 
 def parts(name: str) -> int:
-    """Supernets the variant trains: one, or one per value of its split decision (its trained manifest)."""
+    """Supernets the variant trains: one, or one per value of its split decision (read from its committed
+    training record, whose losses are keyed ``<value>/<role>``; else from its trained manifest)."""
+    if not spec(name)[5]:
+        return 1
+    record = OUT / name / "tuning" / "supernet-supernet.json"
+    if record.exists():
+        losses = json.loads(record.read_text())["supernet"]["losses"]
+        return len({key.split("/")[0] for key in losses})
     manifest = REPO / "runs" / "supernet_shakespeare" / f"budget_{name}" / "split.json"
-    return len(json.loads(manifest.read_text())["values"]) if spec(name)[5] and manifest.exists() else 1
+    return len(json.loads(manifest.read_text())["values"]) if manifest.exists() else 1
 
 
 def overrides(name: str) -> list[str]:
@@ -125,6 +132,11 @@ def ensemble_fidelity(names: tuple[str, ...], split: str) -> dict | None:
     return rank_stats(truth, [sum(t[i]["supernet"] for t in tables) / len(tables) for i in ids])
 
 
+def cell(v: dict | None) -> str:
+    """``tau / rho`` of a table, or a dash where it was not run."""
+    return "–" if v is None else f"{v['kendall_tau']:.3f} / {v['spearman_rho']:.3f}"
+
+
 def summary() -> str:
     rows = []
     for name in VARIANTS:
@@ -149,13 +161,14 @@ def summary() -> str:
              "| variant | sampling | steps | subnets per step | subnet-steps | tuning set tau / rho | "
              "main set tau / rho |", "|---|---|---:|---:|---:|---:|---:|"]
     for name, steps, n, rule, tuning, main, copies in sorted(rows, key=lambda r: (r[3], r[1])):
-        def cell(v: dict | None) -> str:
-            return "–" if v is None else f"{v['kendall_tau']:.3f} / {v['spearman_rho']:.3f}"
         mark = " **(chosen)**" if name == chosen else ""
         each = f"{steps:,}" + (f" (x{copies} supernets)" if copies > 1 else "")  # an ensemble's, or a split's
         lines.append(f"| {name}{mark} | {rule} | {each} | {n} | {steps * n * copies:,} | {cell(tuning)} | "
                      f"{cell(main)} |")
-    lines += ["", "Machine: the 2-core x86_64 container, CPU only, one torch thread per run.", ""]
+    lines += ["", "split_pos_balanced_depth and split_pos_balanced_x12 were the seventh round's candidates, compared "
+              "with the incumbent by that round's own rule (after 5 fine-tuning steps, on both sets pooled): "
+              "`results/round7/round7.md`.", "",
+              "Machine: the 2-core x86_64 container, CPU only, one torch thread per run.", ""]
     return "\n".join(lines)
 
 

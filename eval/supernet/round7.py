@@ -151,8 +151,7 @@ def every_set(key: str) -> dict:
 
 
 def report(results: dict, chosen: str | None, fresh: dict | None) -> str:
-    def cell(v: dict | None) -> str:
-        return "–" if v is None else f"{v['kendall_tau']:.3f} / {v['spearman_rho']:.3f}"
+    from eval.supernet.budget import cell
 
     lines = ["# The seventh round: candidates on 60 pooled architectures, the winner on a fresh set", "",
              "Kendall tau / Spearman rho against the 600-step from-scratch holdout loss. The choice: the highest "
