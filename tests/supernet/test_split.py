@@ -24,7 +24,14 @@ from llmnas.supernet.split import MANIFEST, SplitSuperNet, decision_value, split
 from llmnas.supernet.train import SandwichPlan
 from llmnas.train import make_accelerator
 from tests.conftest import MICRO_SPACE
-from tests.supernet.test_train import POOL, assert_bitwise_equal, quick, run, state_of  # noqa: F401  (fixture)
+from tests.supernet.test_train import (  # noqa: F401  (fixture)
+    POOL,
+    assert_bitwise_equal,
+    quick,
+    recipe_for,
+    run,
+    state_of,
+)
 
 SPLIT = SupernetConfig(pool_size=POOL, random_subnets=2, split="norm")
 
@@ -97,6 +104,12 @@ def test_balance_list_draws_each_width_then_each_depth_feasible_at_it_equally_of
             SupernetConfig(balance=bad)
     with pytest.raises(RecipeError, match="split on 'pos' already"):
         SupernetConfig(split="pos", balance=["d_model", "pos"])
+    # a recipe writes the list in YAML, on the command line too; a wrong entry names the recipe file
+    cache = quick[4]
+    assert recipe_for(cache, "supernet.balance=[d_model, n_layers]").supernet.balanced_decisions == ("d_model",
+                                                                                                   "n_layers")
+    with pytest.raises(RecipeError, match=r"quickstart.yaml: supernet.balance=\['d_model', 'heads'\]: 'heads' is not"):
+        recipe_for(cache, "supernet.balance=[d_model, heads]")
 
 
 def test_split_supernet_trains_one_part_per_value_and_scores_each_subnet_with_its_part(quick, tmp_path) -> None:  # noqa: F811
