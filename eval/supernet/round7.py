@@ -82,8 +82,8 @@ def scored(folder: Path) -> list[dict] | None:
         return None
     # the proxies signed so that a lower value predicts a lower loss, as the scorers are
     return [{"arch_id": r["arch_id"], "truth": r["val_loss"], "inherited": r["supernet"],
-             "finetuned": tuned[r["arch_id"]]["val_loss"], "params": -r["params"], "grad_norm": -r["grad_norm"]}
-            for r in rows]
+             "finetuned": tuned[r["arch_id"]]["val_loss"], "params": -r["params"], "grad_norm": -r["grad_norm"],
+             "pos": r["arch"]["pos"], "n_layers": len(r["arch"]["blocks"])} for r in rows]
 
 
 def stats(rows: list[dict], key: str) -> dict:
@@ -146,6 +146,8 @@ def every_set(key: str) -> dict:
     folders = {s: budget.OUT / CANDIDATES[key] / s for s in SETS} | {"fresh": OUT / "fresh"}
     sets = {s: scored(f) for s, f in folders.items()}
     sets["all"] = [r for rows in sets.values() for r in rows]
+    for pos in sorted({r["pos"] for r in sets["all"]}):  # within one part of the split supernet
+        sets[f"all, {pos} only"] = [r for r in sets["all"] if r["pos"] == pos]
     return {s: {"n": len(rows), **{k: stats(rows, k) for k in ("inherited", "finetuned", "params", "grad_norm")}}
             for s, rows in sets.items()}
 
