@@ -114,7 +114,9 @@ class SandwichPlan:
         self.space, self.cfg, self.part = space, cfg, part
         self._feasible: dict[tuple, list[Any]] = {}
         for decision in cfg.balanced_decisions:  # each must be a decision of the space (a clear error if not)
-            split_values(space, decision, "supernet.balance", dict([part]) if part else None)
+            values = split_values(space, decision, "supernet.balance", dict([part]) if part else None)
+            if decision == cfg.balanced_decisions[0]:  # the first is drawn given the part alone
+                self._feasible[self._key(decision, dict([part]) if part else {})] = values
         rng = np.random.default_rng([cfg.seed, 1 << 20])
         pool = [self._draw(rng) for _ in range(cfg.pool_size)]
         archs = [space.decode(p) for p in pool]
@@ -158,10 +160,14 @@ class SandwichPlan:
 
     def feasible(self, decision: str, fixed: dict[str, Any]) -> list[Any]:
         """The values of ``decision`` some feasible architecture takes with the ``fixed`` decisions (cached)."""
-        key = (decision, *sorted((k, str(v)) for k, v in fixed.items()))
+        key = self._key(decision, fixed)
         if key not in self._feasible:
             self._feasible[key] = feasible_values(self.space, decision, fixed)
         return self._feasible[key]
+
+    @staticmethod
+    def _key(decision: str, fixed: dict[str, Any]) -> tuple:
+        return (decision, *sorted((k, str(v)) for k, v in fixed.items()))
 
     def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
         """Uniformly random feasible decisions (within the part, if any); with ``cfg.balance``, each balanced
