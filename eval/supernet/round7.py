@@ -158,8 +158,8 @@ def report(results: dict, chosen: str | None, fresh: dict | None) -> str:
     lines = ["# The seventh round: candidates on 60 pooled architectures, the winner on a fresh set", "",
              "Kendall tau / Spearman rho against the 600-step from-scratch holdout loss. The choice: the highest "
              f"pooled tau after {STEPS} fine-tuning steps at lr {LR:g} (RULE.md).", "",
-             "| candidate | supernet variant | steps per searched architecture | tuning set (inherited / +5) | "
-             "old main set (inherited / +5) | pooled 60, inherited | **pooled 60, +5 steps** |",
+             "| candidate | supernet variant | steps per searched architecture | tuning set tau (inherited / +5) | "
+             "old main set tau (inherited / +5) | pooled 60, inherited: tau / rho | **pooled 60, +5 steps: tau / rho** |",
              "|---|---|---:|---|---|---:|---:|"]
     for key, e in results.items():
         sets = [e["sets"].get(s) for s in SETS]
