@@ -159,7 +159,8 @@ def report(results: dict, chosen: str | None, fresh: dict | None) -> str:
              "Kendall tau / Spearman rho against the 600-step from-scratch holdout loss. The choice: the highest "
              f"pooled tau after {STEPS} fine-tuning steps at lr {LR:g} (RULE.md).", "",
              "| candidate | supernet variant | steps per searched architecture | tuning set tau (inherited / +5) | "
-             "old main set tau (inherited / +5) | pooled 60, inherited: tau / rho | **pooled 60, +5 steps: tau / rho** |",
+             "old main set tau (inherited / +5) | pooled 60, inherited: tau / rho | "
+             "**pooled 60, +5 steps: tau / rho** |",
              "|---|---|---:|---|---|---:|---:|"]
     for key, e in results.items():
         sets = [e["sets"].get(s) for s in SETS]
