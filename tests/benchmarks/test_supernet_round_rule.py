@@ -68,3 +68,38 @@ def test_the_committed_record_follows_the_rule(round7) -> None:
            for s, f in {"tuning": round7.SETS["tuning"][1], "main": round7.SETS["main"][1],
                         "fresh": round7.FRESH_TRUTH}.items()}
     assert len(ids["fresh"]) == 30 and not ids["fresh"] & (ids["tuning"] | ids["main"])
+
+
+# ---------------------------------------------------------------------- the eighth round (eval/supernet/round8.py)
+@pytest.fixture()
+def round8(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    from eval.supernet import round8 as module
+
+    return module
+
+
+def pooled(**taus: float) -> dict:
+    return {"sets": {}, "pooled": {"n": 90, **{k: {"kendall_tau": t, "spearman_rho": 0.9} for k, t in taus.items()}}}
+
+
+def test_round8_candidates_keep_the_20x_budget_and_ties_go_to_the_cheaper(round8) -> None:
+    assert all(600 / round8.cost(k) >= 20 for k in round8.CANDIDATES)
+    assert round8.cost("F0") == pytest.approx(14.4) and round8.cost("F3") == pytest.approx(29.4)
+    taus = {"F0": 0.70, "F1": 0.71, "F2": 0.72, "F3": 0.72, "F4": 0.60}
+    assert round8.winner(pooled(**taus)) == "F2"  # F2 and F3 tie; F2 is cheaper
+    assert round8.winner(pooled(**{**taus, "F0": 0.7204})) == "F0"  # a tie at three decimals: the cheapest
+    assert round8.winner({"sets": {}, "pooled": None}) is None
+    assert round8.scorer("F0") == "supernet" and round8.scorer("F2") == "supernet + 10 steps at lr 0.0003"
+
+
+def test_round8_fresh_set_is_looked_at_once(round8, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(round8, "OUT", tmp_path)
+    monkeypatch.setattr(round8, "table", lambda: pooled(F0=0.7, F1=0.8, F2=0.1, F3=0.1, F4=0.1))
+    (tmp_path / "round8.json").write_text(json.dumps({"fresh": {"candidate": "F0"}}))
+    monkeypatch.setattr(sys, "argv", ["round8.py", "--fresh"])
+    with pytest.raises(SystemExit, match="already measured with F0; the rule allows one look"):
+        round8.main()
+    monkeypatch.setattr(sys, "argv", ["round8.py", "--sets", "fresh2028"])
+    with pytest.raises(SystemExit, match="unknown set 'fresh2028'"):  # the fresh set is never a choosing set
+        round8.main()
