@@ -203,24 +203,35 @@ def main() -> int:
         run_candidate(key, args.threads)
     results = table()
     chosen = winner(results)
-    record_path = OUT / "round7.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    fresh = record.get("fresh")
-    if args.fresh:
+    record = OUT / "round7.json"
+    fresh = fresh_look(record, chosen, args.fresh, lambda key: run_fresh(key, args.threads),
+                       "not every candidate is measured on both sets yet (run --candidates first)")
+    if fresh is not None:
+        fresh["every_set"] = every_set(fresh["candidate"])
+    write_record(record, results, chosen, fresh, report(results, chosen, fresh))
+    return 0
+
+
+def fresh_look(record: Path, chosen: str | None, look: bool, measure, not_ready: str) -> dict | None:
+    """The fresh-set result stored in ``record``; with ``look``, the winner ``chosen`` measured there by
+    ``measure(chosen)``. The rule allows one look: a look with another winner than the stored one is refused."""
+    fresh = json.loads(record.read_text()).get("fresh") if record.exists() else None
+    if look:
         if chosen is None:
-            raise SystemExit("--fresh: not every candidate is measured on both sets yet (run --candidates first)")
+            raise SystemExit(f"--fresh: {not_ready}")
         if fresh is not None and fresh["candidate"] != chosen:
             raise SystemExit(f"--fresh: the fresh set was already measured with {fresh['candidate']}; "
                              "the rule allows one look")
-        fresh = run_fresh(chosen, args.threads)
-    if fresh is not None:
-        fresh["every_set"] = every_set(fresh["candidate"])
-    OUT.mkdir(parents=True, exist_ok=True)
-    record_path.write_text(json.dumps({"candidates": results, "chosen": chosen, "fresh": fresh}, indent=1) + "\n")
-    text = report(results, chosen, fresh)
-    (OUT / "round7.md").write_text(text)
+        fresh = measure(chosen)
+    return fresh
+
+
+def write_record(record: Path, results: dict, chosen: str | None, fresh: dict | None, text: str) -> None:
+    """``<round>.json`` (the candidates, the choice, the fresh look) and its table ``<round>.md``."""
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"candidates": results, "chosen": chosen, "fresh": fresh}, indent=1) + "\n")
+    record.with_suffix(".md").write_text(text)
     print(text)
-    return 0
 
 
 if __name__ == "__main__":

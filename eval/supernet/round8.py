@@ -163,22 +163,14 @@ def main() -> int:
         if name not in SETS:
             raise SystemExit(f"--sets: unknown set {name!r} (allowed: {', '.join(SETS)})")
         score_set(name, *SETS[name], list(CANDIDATES), args.threads)
+    from eval.supernet.round7 import fresh_look, write_record
+
     results = table()
     chosen = winner(results)
-    record_path = OUT / "round8.json"
-    fresh = json.loads(record_path.read_text()).get("fresh") if record_path.exists() else None
-    if args.fresh:
-        if chosen is None:
-            raise SystemExit("--fresh: not every set is scored by every candidate yet (run --sets first)")
-        if fresh is not None and fresh["candidate"] != chosen:
-            raise SystemExit(f"--fresh: the fresh set was already measured with {fresh['candidate']}; "
-                             "the rule allows one look")
-        fresh = run_fresh(chosen, args.threads)
-    OUT.mkdir(parents=True, exist_ok=True)
-    record_path.write_text(json.dumps({"candidates": results, "chosen": chosen, "fresh": fresh}, indent=1) + "\n")
-    text = report(results, chosen, fresh)
-    (OUT / "round8.md").write_text(text)
-    print(text)
+    record = OUT / "round8.json"
+    fresh = fresh_look(record, chosen, args.fresh, lambda key: run_fresh(key, args.threads),
+                       "not every set is scored by every candidate yet (run --sets first)")
+    write_record(record, results, chosen, fresh, report(results, chosen, fresh))
     return 0
 
 
