@@ -241,8 +241,7 @@ def stage_confirm(recipe: VisionRecipe, out: Path, shard: tuple[int, int] = (0, 
     pick = summary.pick
     runs = len(summary.candidates) * len(summary.seeds)
     record = {**summary.to_dict(), "rule": rule, "trained_now": summary.trained, "seconds": summary.seconds,
-              "runs": runs, "train_images": recipe.train.train_images,
-              "epochs": runs * (recipe.train.epochs or 0),
+              "runs": runs, "epochs": runs * (recipe.train.epochs or 0),
               "train_seconds": sum(c["train_seconds"] for c in summary.candidates),
               "picked_table": {d: pick["ground_truth"][f"{d}_test200"] for d in DATASETS}}
     (out / f"{rule}.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -85,6 +85,12 @@ def parts(name: str) -> int:
     return len(json.loads(manifest.read_text())["values"]) if manifest.exists() else 1
 
 
+def subnet_steps(name: str) -> int:
+    """The variant's training: steps x subnets per step x supernets (one per value of a split)."""
+    steps, largest, smallest, k, _, _ = spec(name)
+    return steps * (int(largest) + int(smallest) + k) * parts(name)
+
+
 def overrides(name: str) -> list[str]:
     steps, largest, smallest, k, seed, split = spec(name)
     sets = {"supernet.out": f"runs/supernet_shakespeare/budget_{name}", "supernet.train.max_steps": steps,

@@ -36,19 +36,11 @@ SCORER = f"supernet + {STEPS} steps at lr {LR:g}"
 SEARCHED = 1000  # architectures a search scores: the supernet's training is shared among them
 
 
-def variant_overrides(name: str) -> list[str]:
-    from eval.supernet import budget
-
-    return budget.overrides(name)
-
-
 def cost(name: str) -> float:
     """Training steps per searched architecture: the supernet's subnet-steps over 1,000, plus the fine-tuning."""
     from eval.supernet import budget
 
-    steps, largest, smallest, k, _, split = budget.spec(name)
-    parts = 3 if split == "pos" else 1
-    return steps * (int(largest) + int(smallest) + k) * parts / SEARCHED + STEPS
+    return budget.subnet_steps(name) / SEARCHED + STEPS
 
 
 def run_candidate(key: str, threads: int) -> None:
@@ -63,7 +55,7 @@ def run_candidate(key: str, threads: int) -> None:
             continue
         run.main(["--stages", "finetune", "--threads", str(threads), "--arch-seed", seed, "--truth", str(truth),
                   "--out", str(folder), "--finetune-steps", str(STEPS), "--finetune-lr", f"{LR:g}",
-                  *variant_overrides(name)])
+                  *budget.overrides(name)])
 
 
 def finetune_rows(folder: Path) -> dict:
@@ -83,7 +75,7 @@ def scored(folder: Path) -> list[dict] | None:
     # the proxies signed so that a lower value predicts a lower loss, as the scorers are
     return [{"arch_id": r["arch_id"], "truth": r["val_loss"], "inherited": r["supernet"],
              "finetuned": tuned[r["arch_id"]]["val_loss"], "params": -r["params"], "grad_norm": -r["grad_norm"],
-             "pos": r["arch"]["pos"], "n_layers": len(r["arch"]["blocks"])} for r in rows]
+             "pos": r["arch"]["pos"]} for r in rows]
 
 
 def stats(rows: list[dict], key: str) -> dict:
@@ -123,7 +115,7 @@ def winner(results: dict) -> str | None:
 def run_fresh(key: str, threads: int) -> dict:
     """The winner's inherited-weight fidelity and fine-tuning on the fresh set (its supernet retrained first
     if this checkout lacks it)."""
-    from eval.supernet import run
+    from eval.supernet import budget, run
 
     name = CANDIDATES[key]
     folder = OUT / "fresh"
@@ -131,7 +123,7 @@ def run_fresh(key: str, threads: int) -> dict:
     stages = "fidelity,finetune" if trained else "supernet,fidelity,finetune"
     run.main(["--stages", stages, "--threads", str(threads), "--arch-seed", FRESH_SEED,
               "--truth", str(FRESH_TRUTH), "--out", str(folder), "--finetune-steps", str(STEPS),
-              "--finetune-lr", f"{LR:g}", *variant_overrides(name)])
+              "--finetune-lr", f"{LR:g}", *budget.overrides(name)])
     rows = scored(folder)
     assert rows is not None, f"{folder}: the fresh set was not scored"
     return {"candidate": key, "variant": name, "n": len(rows), "inherited": stats(rows, "inherited"),

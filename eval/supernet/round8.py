@@ -30,7 +30,7 @@ SETS = {"tuning": ("777", RESULTS / "tuning"), "main": ("12345", RESULTS), "fres
 FRESH = ("fresh2028", "2028", RESULTS / "fresh2028")
 #: candidate -> (fine-tuning steps, peak lr); 0 steps: inherited weights alone
 CANDIDATES = {"F0": (0, None), "F1": (5, 1e-3), "F2": (10, 3e-4), "F3": (15, 3e-4), "F4": (15, 1e-4)}
-SUPERNET_STEPS = 3 * 600 * 8 / 1000  # the recipe's supernet: subnet-steps per searched architecture (of 1,000)
+SUPERNET_VARIANT = "split_pos_balanced"  # the recipe's supernet, as budget.py names it
 SUPERNET = "runs/supernet_shakespeare/supernet"
 
 
@@ -42,7 +42,9 @@ def scorer(key: str) -> str:
 
 def cost(key: str) -> float:
     """Training steps per searched architecture: the supernet's share plus the fine-tuning."""
-    return SUPERNET_STEPS + CANDIDATES[key][0]
+    from eval.supernet import budget
+
+    return budget.subnet_steps(SUPERNET_VARIANT) / 1000 + CANDIDATES[key][0]
 
 
 def score_set(name: str, seed: str, truth: Path, keys: list[str], threads: int) -> None:
