@@ -34,6 +34,7 @@ from llmnas.space.yaml_space import CONSTRAINT_KEYS
 from llmnas.train import TrainConfig
 
 if TYPE_CHECKING:
+    from llmnas.supernet.calibration import Calibration
     from llmnas.supernet.config import SupernetConfig
 
 OBJECTIVES = {
@@ -114,6 +115,11 @@ class SearchConfig:
     trial and ranks architectures closer to training from scratch (``eval/supernet``)."""
     finetune_lr: float | None = None
     """Peak learning rate of ``finetune_steps`` (default: ``train.lr``)."""
+    calibration: Calibration | None = None
+    """With ``evaluator: supernet``: a linear calibration of the supernet's loss against training from scratch
+    (:mod:`llmnas.supernet.calibration`; a mapping ``intercept``, ``inherited``, ``per_layer``, ``offsets``).
+    Each trial's ``val_loss`` (and its bits) is then the predicted from-scratch loss, and
+    ``inherited_val_loss`` the supernet's own measurement. The calibration is part of the study's set-up."""
     objectives: tuple[str, ...] = ("val_loss",)
     """What is minimised: ``val_loss`` or ``bits_per_byte`` first (with ``evaluator: proxy``: the proxy's
     objective), then optionally ``params``, ``active_params``, ``non_embedding_params``, ``flops_per_token``,
@@ -458,7 +464,12 @@ def _search(values: dict[str, Any], source: str) -> SearchConfig:
     values = dict(values)
     pruner_cfg = _pruner(values.pop("pruner", None), source)
     values["objectives"] = _objectives(values.get("objectives", ["val_loss"]), source)
+    calibration = values.pop("calibration", None)
     cfg = _dataclass(SearchConfig, values, source, "search")
+    if calibration is not None:
+        from llmnas.supernet.calibration import Calibration
+
+        cfg = dataclasses.replace(cfg, calibration=Calibration.from_dict(calibration, f"{source}: search.calibration"))
     _check_evaluator(cfg, source)
     if cfg.constraint_mode not in CONSTRAINT_MODES:
         raise RecipeError(
@@ -534,6 +545,11 @@ def _check_finetune(cfg: SearchConfig, source: str) -> None:
         raise RecipeError(
             f"{source}: search.finetune_steps / finetune_lr: only read with search.evaluator: supernet (the evaluator "
             f"is {cfg.evaluator!r})"
+        )
+    if cfg.calibration is not None and cfg.evaluator != "supernet":
+        raise RecipeError(
+            f"{source}: search.calibration: only read with search.evaluator: supernet (the evaluator is "
+            f"{cfg.evaluator!r}); remove it or set search.evaluator=supernet"
         )
 
 

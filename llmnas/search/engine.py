@@ -63,7 +63,8 @@ from llmnas.train import TrainingDiverged, make_accelerator
 from llmnas.train.ranks import TrainingFailed, describe
 
 #: What a trial measured (user attributes, also copied to a trial that reuses its result).
-REUSED_ATTRS = (*RESULT_ATTRS, *PROXIES, "proxy_seconds", "windows", "history", *HW_ATTRS)
+REUSED_ATTRS = (*RESULT_ATTRS, *PROXIES, "proxy_seconds", "windows", "history", *HW_ATTRS, "inherited_val_loss",
+                "inherited_bits_per_byte", "inherited_bits_per_char")
 #: The evaluator of a study whose set-up record predates evaluators: every trial was trained.
 SCRATCH_SETUP = {"kind": "scratch"}
 

@@ -5,7 +5,8 @@
 - :class:`ProxyEvaluator` (``proxy``): a zero-cost proxy of it at initialisation (:mod:`llmnas.proxies`);
   nothing is trained or kept.
 - :class:`SupernetEvaluator` (``supernet``): its validation loss with the weights it inherits from a
-  trained supernet checkpoint (:mod:`llmnas.supernet`); nothing is trained or kept.
+  trained supernet checkpoint (:mod:`llmnas.supernet`), optionally calibrated against training from scratch
+  (``search.calibration``); nothing is trained or kept.
 
 Samplers see none of this: an evaluator only changes how a trial's values are measured. Under
 ``accelerate launch`` the main process's evaluator broadcasts each architecture it trains or evaluates,
@@ -213,12 +214,17 @@ class SupernetEvaluator:
         self.finetune = {"finetune_steps": recipe.search.finetune_steps} if recipe.search.finetune_steps else {}
         if self.finetune:
             self.finetune["finetune_lr"] = recipe.search.finetune_lr or recipe.train.lr
+        self.calibration = recipe.search.calibration
+        # what changes the trials' values: part of the study's set-up, recorded by every trial
+        self.options = dict(self.finetune)
+        if self.calibration is not None:
+            self.options["calibration"] = self.calibration.to_dict()
 
     def setup(self) -> dict[str, Any]:
-        return {"kind": self.kind, "supernet_id": self.id, **self.finetune}
+        return {"kind": self.kind, "supernet_id": self.id, **self.options}
 
     def trial_attrs(self) -> dict[str, Any]:
-        return {"evaluator": self.kind, "supernet_path": str(self.path), "supernet_id": self.id, **self.finetune}
+        return {"evaluator": self.kind, "supernet_path": str(self.path), "supernet_id": self.id, **self.options}
 
     def evaluate(self, trial: optuna.Trial, arch: Architecture) -> Evaluation:
         try:
@@ -229,8 +235,19 @@ class SupernetEvaluator:
                 f"{arch.id} ({e}); the supernet was trained on another space, block size or tokenizer"
             ) from None
         broadcast_object_list([{"arch": arch.to_json()}])  # followers evaluate the same architecture
-        score = self._score(arch)
-        return Evaluation({key: value for key, value in score.to_dict().items() if value is not None})
+        measured = {key: value for key, value in self._score(arch).to_dict().items() if value is not None}
+        if self.calibration is not None:
+            try:
+                predicted = self.calibration.predict(arch, measured["val_loss"])
+            except RecipeError as e:
+                raise RecipeError(f"{self.recipe.source}: {e}") from None
+            # the bits are proportional to the loss over the same windows
+            scale = predicted / measured["val_loss"]
+            for key in ("bits_per_byte", "bits_per_char"):
+                if key in measured:
+                    measured[f"inherited_{key}"], measured[key] = measured[key], measured[key] * scale
+            measured["inherited_val_loss"], measured["val_loss"] = measured["val_loss"], predicted
+        return Evaluation(measured)
 
     def follow(self, arch: Architecture) -> None:
         self._score(arch)

@@ -102,7 +102,9 @@ def print_header(recipe: Recipe, space: TransformerSpace, data: TokenData, study
     e = evaluator or {"evaluator": "scratch"}
     scoring = {"scratch": f"per-trial budget {budget}",
                "proxy": f"evaluator proxy {e.get('proxy')}, no training",
-               "supernet": f"evaluator supernet {e.get('supernet_path')} (weights {e.get('supernet_id')}), no training",
+               "supernet": f"evaluator supernet {e.get('supernet_path')} (weights {e.get('supernet_id')}), "
+                           + (f"{e['finetune_steps']} fine-tuning steps" if e.get("finetune_steps") else "no training")
+                           + (", val_loss calibrated (search.calibration)" if e.get("calibration") else ""),
                }[e["evaluator"]]
     print(f"study {recipe.study!r}: {len(finished(study))} of {n_trials} trials done; "
           f"storage {shown(recipe.storage_url)}")

@@ -103,3 +103,72 @@ def test_round8_fresh_set_is_looked_at_once(round8, tmp_path, monkeypatch) -> No
     monkeypatch.setattr(sys, "argv", ["round8.py", "--sets", "fresh2028"])
     with pytest.raises(SystemExit, match="unknown set 'fresh2028'"):  # the fresh set is never a choosing set
         round8.main()
+
+
+# ---------------------------------------------------------------------- the ninth round (eval/supernet/round9.py)
+@pytest.fixture()
+def round9(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    from eval.supernet import round9 as module
+
+    return module
+
+
+def held_out(**taus: float) -> dict:
+    return {k: {"sets": {}, "mean_tau": t, "coefficients": 0} for k, t in taus.items()}
+
+
+def test_round9_highest_held_out_tau_wins_and_ties_go_to_fewer_coefficients(round9) -> None:
+    assert [round9.coefficients(k) for k in round9.CANDIDATES] == [0, 3, 4, 5]
+    assert round9.winner(held_out(C0=0.77, CD=0.82, CP=0.79, CDP=0.83)) == "CDP"
+    assert round9.winner(held_out(C0=0.77, CD=0.8204, CP=0.79, CDP=0.8196)) == "CD"  # equal at three decimals
+    assert round9.winner(held_out(C0=0.8, CD=0.8, CP=0.8, CDP=0.8)) == "C0"
+
+
+def test_round9_each_held_out_set_is_scored_by_a_calibration_fitted_without_it(round9, monkeypatch) -> None:
+    """Leave one set out is what it says: the fit for a held-out set never sees that set's architectures."""
+    seen = []
+    fit = round9.fit
+
+    def spy(key, train):
+        seen.append((key, {r["arch_id"] for r in train}))
+        return fit(key, train)
+
+    monkeypatch.setattr(round9, "fit", spy)
+    results = round9.loso()
+    sets = {s: {r["arch_id"] for r in round9.rows(round9.SCORED / s)} for s in round9.SETS}
+    assert all(len(ids) == 30 for ids in sets.values())
+    for i, (_, train) in enumerate(seen):
+        held = round9.SETS[i % len(round9.SETS)]
+        assert len(train) == 90 and not train & sets[held]
+    assert results["C0"]["sets"]["main"]["kendall_tau"] == pytest.approx(
+        json.loads((round9.SCORED / "round8.json").read_text())["candidates"]["sets"]["main"]["F0"]["kendall_tau"])
+
+
+def test_round9_committed_record_calibration_and_recipe_follow_the_rule(round9) -> None:
+    """The committed choice is the rule's on the committed scores; calibration.json is the winner refitted on all
+    120; the recipe's search.calibration is that calibration (to the 6 decimals the recipe gives)."""
+    from llmnas.recipe import load_recipe
+
+    record = json.loads((round9.OUT / "round9.json").read_text())
+    results = round9.loso()
+    assert record["chosen"] == round9.winner(results)
+    for key, e in results.items():
+        assert e["mean_tau"] == pytest.approx(record["candidates"][key]["mean_tau"])
+    committed = json.loads((round9.OUT / "calibration.json").read_text())
+    refit = round9.final(record["chosen"]).to_dict()
+    assert refit["offsets"].keys() == committed["offsets"].keys() == {"pos"}
+    assert [refit[k] for k in ("intercept", "inherited", "per_layer")] == pytest.approx(
+        [committed[k] for k in ("intercept", "inherited", "per_layer")], abs=1e-9)
+    assert refit["offsets"]["pos"] == pytest.approx(committed["offsets"]["pos"], abs=1e-9)
+    recipe = load_recipe(REPO / "recipes" / "supernet_shakespeare.yaml").search.calibration
+    assert recipe.intercept == pytest.approx(committed["intercept"], abs=5e-7)
+    assert recipe.inherited == pytest.approx(committed["inherited"], abs=5e-7)
+    assert recipe.per_layer == pytest.approx(committed["per_layer"], abs=5e-7)
+    assert recipe.offsets["pos"] == pytest.approx(committed["offsets"]["pos"], abs=5e-7)
+    if record["fresh"] is not None:  # one look, with the winner, at 30 architectures none of the others have
+        assert record["fresh"]["candidate"] == record["chosen"] and record["fresh"]["n"] == 30
+        assert record["fresh"]["calibration"] == committed
+        fresh = {r["arch_id"] for r in round9.rows(round9.OUT / round9.FRESH[0])}
+        labelled = {r["arch_id"] for s in round9.SETS for r in round9.rows(round9.SCORED / s)}
+        assert len(fresh) == 30 and not fresh & labelled

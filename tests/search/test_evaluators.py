@@ -206,6 +206,55 @@ def test_supernet_evaluator_fine_tunes_a_copy_of_the_inherited_weights(tmp_path,
     after = checkpoint.net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the supernet itself is untouched
 
+def test_supernet_evaluator_calibrates_the_inherited_loss(tmp_path, monkeypatch, capsys) -> None:
+    """search.calibration: each trial's val_loss (and its bits) is the calibrated prediction, the supernet's own
+    loss is kept as inherited_val_loss, and the calibration is part of the study's set-up."""
+    from llmnas.supernet import evaluate_subnet, load_supernet
+    from llmnas.train import make_accelerator
+
+    monkeypatch.setenv("LLMNAS_CACHE", str(tmp_path / "llmnas-cache"))
+    calibration = {"intercept": 0.1, "inherited": 1.1, "per_layer": -0.05,
+                   "offsets": {"pos": {"rope": 0.0, "learned": 0.02}}}
+    raw = make_recipe(tmp_path, evaluator="supernet", n_trials=4, calibration=calibration)
+    raw["supernet"] = {"train": {"max_steps": 2}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["supernet", "train", str(path)]) == 0
+    assert main(["search", str(path)]) == 0
+    assert "val_loss calibrated (search.calibration)" in capsys.readouterr().out
+    study = load_study(tmp_path / "runs" / "t")
+    recipe = recipe_from_dict(raw)
+    checkpoint = load_supernet(tmp_path / "runs" / "t" / "supernet")
+    data = prepare_data(recipe.data)
+    acc = make_accelerator(recipe.train)
+    setup = study.user_attrs["setup"]["evaluator"]
+    assert setup == {"kind": "supernet", "supernet_id": checkpoint.id, "calibration": calibration}
+    for t in study.trials:
+        a, arch = t.user_attrs, trial_arch(t)
+        assert t.state == TrialState.COMPLETE and a["calibration"] == calibration
+        direct = evaluate_subnet(checkpoint.net, arch, data, recipe.train, acc)
+        assert a["inherited_val_loss"] == pytest.approx(direct.val_loss)
+        offset = calibration["offsets"]["pos"][arch.pos]
+        predicted = 0.1 + 1.1 * direct.val_loss - 0.05 * len(arch.blocks) + offset
+        assert t.values == [pytest.approx(predicted)] and a["val_loss"] == pytest.approx(predicted)
+        assert a["inherited_bits_per_byte"] == pytest.approx(direct.bits_per_byte)
+        assert a["bits_per_byte"] / a["inherited_bits_per_byte"] == pytest.approx(predicted / direct.val_loss)
+    # another calibration is another evaluator: the study is not resumed with it
+    assert main(["search", str(path), "--n-trials", "5", "--set", "search.calibration.per_layer=0.0"]) == 2
+    assert "was started with a different evaluator" in capsys.readouterr().err
+    # a value the calibration has no offset for: one error naming it, the finished trials kept
+    raw["study"] = "u"
+    raw["search"]["calibration"] = {**calibration, "offsets": {"pos": {"rope": 0.0}}}
+    raw["search"]["n_trials"] = 12
+    raw["search"]["supernet"] = str(tmp_path / "runs" / "t" / "supernet")
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["search", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "search.calibration.offsets.pos: no offset for 'learned'" in err and "r.yaml" in err
+    other = load_study(tmp_path / "runs" / "u")
+    assert all(trial_arch(t).pos == "rope" for t in other.trials if t.state == TrialState.COMPLETE)
+
+
 def test_evaluator_keys_are_checked_with_the_recipe(tmp_path) -> None:
     def error(**search) -> str:
         with pytest.raises(RecipeError) as e:
@@ -225,6 +274,10 @@ def test_evaluator_keys_are_checked_with_the_recipe(tmp_path) -> None:
     assert "only read with search.evaluator: supernet" in error(finetune_steps=10)
     assert "search.finetune_steps=-1: must be a non-negative integer" in error(evaluator="supernet", finetune_steps=-1)
     assert "search.finetune_lr=-0.1: must be a positive number" in error(evaluator="supernet", finetune_lr=-0.1)
+    calibration = {"intercept": 0.0, "inherited": 1.0}
+    assert "search.calibration: only read with search.evaluator: supernet" in error(calibration=calibration)
+    assert "r.yaml: search.calibration.inherited=0.0: must be positive" in error(
+        evaluator="supernet", calibration={"intercept": 0.0, "inherited": 0.0})
     ok = recipe_from_dict(make_recipe(tmp_path, evaluator="supernet", supernet=str(tmp_path)))
     assert ok.search.supernet == str(tmp_path)
     assert recipe_from_dict(make_recipe(tmp_path, **proxy_search())).search.directions == ["minimize"]
