@@ -261,6 +261,7 @@ def stage_retrain(recipe_args: list[str], results: dict, top: int, seeds: int) -
         print(f"retrain trial {t.number} ({arch.short()}), supernet loss {t.values[0]:.4f}", flush=True)
         done[arch.id] = {"trial": t.number, "arch_id": arch.id, "short": arch.short(),
                          "params": arch.param_counts().total, "supernet_loss": t.values[0],
+                         "inherited_loss": t.user_attrs.get("inherited_val_loss", t.values[0]),
                          "runs": _shakespeare_protocol()(arch, recipe, data, (1337, 1338, 1339)[:seeds])}
         results["retrain"] = list(done.values())
         save(results, OUT_JSON)
@@ -506,8 +507,11 @@ def write_table(results: dict, out: Path) -> None:
                          f"{statistics.mean(v):.4f} ± {statistics.stdev(v) if len(v) > 1 else 0:.4f} |")
         for r in results["retrain"]:
             v = [x["val_loss"] for x in r["runs"]]
+            inherited = r.get("inherited_loss", r["supernet_loss"])
+            score = (f"{inherited:.4f}" if inherited == r["supernet_loss"]
+                     else f"{inherited:.4f} (calibrated: {r['supernet_loss']:.4f})")
             lines.append(f"| supernet search: trial {r['trial']} `{r['short']}` | {r['params'] / 1e6:.3f}M | "
-                         f"{r['supernet_loss']:.4f} | {statistics.mean(v):.4f} ± "
+                         f"{score} | {statistics.mean(v):.4f} ± "
                          f"{statistics.stdev(v) if len(v) > 1 else 0:.4f} |")
         lines.append("")
     if "finetune" in results:

@@ -1,4 +1,5 @@
-"""``llmnas supernet train|show``: train the weight-shared supernet a recipe describes, and inspect one."""
+"""``llmnas supernet train|calibrate|show``: train the weight-shared supernet a recipe describes, calibrate its
+scores against trials trained from scratch, and inspect one."""
 
 from __future__ import annotations
 
@@ -25,6 +26,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a recipe value by its dotted path, e.g. supernet.train.max_steps=500 (repeatable)")
     t.add_argument("--out", type=Path, help="supernet folder (default: supernet.out, else runs/<study>/supernet)")
     t.set_defaults(func=train)
+    c = cmds.add_parser(
+        "calibrate",
+        help="fit search.calibration: the supernet's inherited losses against a from-scratch study's trials",
+        description="Score the architectures of a study whose trials were trained from scratch (the same space and "
+        "data) with the recipe's supernet, fit the from-scratch losses on the inherited ones, the depth and an "
+        "offset per value of the --offsets decisions (llmnas.supernet.calibration), and print the recipe's "
+        "search.calibration block with the ranking it gives (in-sample and leave-one-out Kendall tau).",
+    )
+    c.add_argument("recipe", help="the search recipe (evaluator supernet), or a shipped recipe's name")
+    c.add_argument("--from", dest="source", required=True,
+                   help="the from-scratch study: its run folder, study.db file or storage URL")
+    c.add_argument("--study", help="the study's name where the storage holds several")
+    c.add_argument("--offsets", default="pos", help="comma-separated decisions given an offset per value "
+                   "(of pos, norm, d_model; '' for none; default pos)")
+    c.add_argument("--no-per-layer", action="store_true", help="fit without the per-layer term")
+    c.add_argument("--out", type=Path, help="also write the calibration and its figures to this JSON file")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value by its dotted path (repeatable)")
+    c.set_defaults(func=calibrate)
     s = cmds.add_parser("show", help="print what a supernet checkpoint holds")
     s.add_argument("path", type=Path, help="supernet folder or checkpoint-<step> folder")
     s.set_defaults(func=show)
@@ -96,4 +116,101 @@ def show(args: argparse.Namespace) -> int:
         "constraints": m["constraints"], "sandwich": m["config"],
         **({"split": m["split"]} if "split" in m else {}),
     }, indent=1, default=str))
+    return 0
+
+
+#: data keys a from-scratch study and the calibrated search must share (their losses are compared)
+SAME_DATA = ("source", "tokenizer", "block_size", "val_fraction", "holdout")
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import scipy.stats as sps
+    import yaml
+    from optuna.trial import TrialState
+
+    from llmnas.errors import RecipeError
+    from llmnas.recipe import load_recipe
+    from llmnas.search import load_study, trial_arch
+    from llmnas.search.engine import recipe_data
+    from llmnas.search.evaluators import supernet_location
+    from llmnas.search.study import StudyError
+    from llmnas.supernet import evaluate_subnet, load_supernet
+    from llmnas.supernet.calibration import OFFSET_DECISIONS, fit
+    from llmnas.train import make_accelerator
+
+    recipe = load_recipe(args.recipe, [*args.overrides, "search.evaluator=supernet", "search.calibration=null"])
+    offsets = tuple(filter(None, (d.strip() for d in args.offsets.split(","))))
+    bad = [d for d in offsets if d not in OFFSET_DECISIONS]
+    if bad:
+        allowed = ", ".join(OFFSET_DECISIONS)
+        raise RecipeError(f"--offsets: {', '.join(map(repr, bad))} not allowed (allowed: {allowed})")
+    study = load_study(args.source, args.study)
+    label = f"{args.source} (study {study.study_name!r})"
+    theirs = (study.user_attrs.get("recipe") or {}).get("data") or {}
+    ours = dataclasses.asdict(recipe.data)
+    differ = [k for k in SAME_DATA if k in theirs and theirs[k] != ours.get(k)]
+    if differ:
+        what = "; ".join(f"data.{k}: {theirs[k]!r}, the recipe {ours.get(k)!r}" for k in differ)
+        raise StudyError(f"{label}: its trials were measured on other data ({what}); calibrate against a study "
+                         "of the same data")
+    trials, scored_by = {}, set()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        kind = t.user_attrs.get("evaluator", "scratch")
+        if kind != "scratch":
+            scored_by.add(kind)
+        elif "val_loss" in t.user_attrs and "arch" in t.user_attrs:
+            trials.setdefault(t.user_attrs["arch_id"], t)  # a reused trial repeats its architecture's result
+    if scored_by and not trials:
+        raise StudyError(f"{label}: its trials were scored by {', '.join(sorted(scored_by))}, not trained from "
+                         "scratch: calibrate against a study with search.evaluator: scratch")
+    location = supernet_location(recipe)
+    accelerator = make_accelerator(recipe.train)
+    data = recipe_data(recipe)
+    net = load_supernet(location, device=accelerator.device).net
+    archs, inherited, truth, outside = [], [], [], 0
+    for t in trials.values():
+        arch = trial_arch(t)
+        try:
+            net.check(arch)
+        except Exception:
+            outside += 1
+            continue
+        archs.append(arch)
+        inherited.append(evaluate_subnet(net, arch, data, recipe.train, accelerator).val_loss)
+        truth.append(float(t.user_attrs["val_loss"]))
+    try:
+        calibration = fit(archs, inherited, truth, offsets=offsets, per_layer=not args.no_per_layer)
+    except ValueError as e:
+        raise StudyError(f"{label}: {len(archs)} from-scratch architectures the supernet holds: {e}") from None
+    # leave one out: each architecture predicted by the calibration fitted on the others
+    held = []
+    for i in range(len(archs)):
+        rest = [j for j in range(len(archs)) if j != i]
+        try:
+            c = fit([archs[j] for j in rest], [inherited[j] for j in rest], [truth[j] for j in rest],
+                    offsets=offsets, per_layer=not args.no_per_layer)
+            held.append(c.predict(archs[i], inherited[i]))
+        except (ValueError, RecipeError):  # a value only this architecture has: no offset without it
+            held = []
+            break
+    predicted = [calibration.predict(a, x) for a, x in zip(archs, inherited, strict=True)]
+    taus = {"inherited": float(sps.kendalltau(truth, inherited).statistic),
+            "calibrated (in-sample)": float(sps.kendalltau(truth, predicted).statistic)}
+    if held:
+        taus["calibrated (leave-one-out)"] = float(sps.kendalltau(truth, held).statistic)
+    if accelerator.is_main_process:
+        print(f"calibration of {location} against {len(archs)} from-scratch architectures of {label}"
+              + (f" ({outside} outside the supernet's space skipped)" if outside else ""))
+        for name, tau in taus.items():
+            print(f"  Kendall tau vs from scratch, {name}: {tau:.3f}")
+        block = yaml.safe_dump({"search": {"calibration": calibration.to_dict()}}, sort_keys=False)
+        print(f"add to {recipe.source}:\n{block}", end="")
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"calibration": calibration.to_dict(), "n": len(archs),
+                                            "study": label, "supernet": str(location), "kendall_tau": taus},
+                                           indent=1) + "\n")
+            print(f"written: {args.out}")
     return 0

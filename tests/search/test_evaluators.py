@@ -3,6 +3,7 @@ record that keeps a study to one evaluator."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -253,6 +254,68 @@ def test_supernet_evaluator_calibrates_the_inherited_loss(tmp_path, monkeypatch,
     assert "search.calibration.offsets.pos: no offset for 'learned'" in err and "r.yaml" in err
     other = load_study(tmp_path / "runs" / "u")
     assert all(trial_arch(t).pos == "rope" for t in other.trials if t.state == TrialState.COMPLETE)
+
+
+def test_supernet_calibrate_fits_a_from_scratch_study(tmp_path, monkeypatch, capsys) -> None:
+    """`llmnas supernet calibrate RECIPE --from STUDY`: the from-scratch trials' losses fitted on the supernet's
+    inherited ones; the printed block is a recipe's search.calibration, and a search runs with it."""
+    from llmnas.search import trial_arch
+    from llmnas.supernet import evaluate_subnet, load_supernet
+    from llmnas.supernet.calibration import Calibration, fit
+    from llmnas.train import make_accelerator
+
+    monkeypatch.setenv("LLMNAS_CACHE", str(tmp_path / "llmnas-cache"))
+    scratch = make_recipe(tmp_path, n_trials=12)
+    scratch["study"] = "scratch"
+    scratch["train"]["max_steps"] = 20
+    (tmp_path / "scratch.yaml").write_text(yaml.safe_dump(scratch))
+    assert main(["search", str(tmp_path / "scratch.yaml")]) == 0
+    raw = make_recipe(tmp_path, evaluator="supernet", n_trials=3)
+    raw["supernet"] = {"train": {"max_steps": 20}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["supernet", "train", str(path)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "calibration.json"
+    assert main(["supernet", "calibrate", str(path), "--from", str(tmp_path / "runs" / "scratch"),
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    # the fit, redone here from the study and the supernet
+    study = load_study(tmp_path / "runs" / "scratch")
+    done = {}
+    for t in study.trials:
+        if t.state == TrialState.COMPLETE:
+            done.setdefault(t.user_attrs["arch_id"], t)
+    recipe = recipe_from_dict(raw)
+    net = load_supernet(tmp_path / "runs" / "t" / "supernet").net
+    data, acc = prepare_data(recipe.data), make_accelerator(recipe.train)
+    archs = [trial_arch(t) for t in done.values()]
+    inherited = [evaluate_subnet(net, a, data, recipe.train, acc).val_loss for a in archs]
+    expected = fit(archs, inherited, [t.user_attrs["val_loss"] for t in done.values()])
+    written = json.loads(out.read_text())
+    assert written["n"] == len(archs) >= 5
+    got = Calibration.from_dict(written["calibration"])
+    assert got.intercept == pytest.approx(expected.intercept) and got.inherited == pytest.approx(expected.inherited)
+    assert got.per_layer == pytest.approx(expected.per_layer)
+    assert got.offsets["pos"] == pytest.approx(expected.offsets["pos"])
+    assert set(written["kendall_tau"]) == {"inherited", "calibrated (in-sample)", "calibrated (leave-one-out)"}
+    assert f"against {len(archs)} from-scratch architectures" in printed and "Kendall tau" in printed
+    # the printed block, pasted into the recipe, is read and searched with
+    block = yaml.safe_load(printed[printed.index("search:"):printed.index("written:")])
+    raw["search"]["calibration"] = block["search"]["calibration"]
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["search", str(path)]) == 0
+    assert all("inherited_val_loss" in t.user_attrs for t in load_study(tmp_path / "runs" / "t").trials)
+    # bad input: one error each
+    capsys.readouterr()
+    assert main(["supernet", "calibrate", str(path), "--from", str(tmp_path / "runs" / "t")]) == 2
+    assert "scored by supernet, not trained from scratch" in capsys.readouterr().err
+    assert main(["supernet", "calibrate", str(path), "--from", str(tmp_path / "runs" / "scratch"),
+                 "--offsets", "window"]) == 2
+    assert "--offsets: 'window' not allowed (allowed: pos, norm, d_model)" in capsys.readouterr().err
+    assert main(["supernet", "calibrate", str(path), "--from", str(tmp_path / "runs" / "scratch"),
+                 "--set", "data.block_size=16"]) == 2
+    assert "measured on other data (data.block_size: 32, the recipe 16)" in capsys.readouterr().err
 
 
 def test_evaluator_keys_are_checked_with_the_recipe(tmp_path) -> None:
