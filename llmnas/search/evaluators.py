@@ -215,6 +215,8 @@ class SupernetEvaluator:
         if self.finetune:
             self.finetune["finetune_lr"] = recipe.search.finetune_lr or recipe.train.lr
         self.calibration = recipe.search.calibration
+        if self.calibration is not None:
+            self.calibration.check(self.net.space.choices(), f"{recipe.source}: search.calibration")
         # what changes the trials' values: part of the study's set-up, recorded by every trial
         self.options = dict(self.finetune)
         if self.calibration is not None:

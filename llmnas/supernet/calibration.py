@@ -62,6 +62,17 @@ class Calibration:
             out += table[value]
         return float(out)
 
+    def check(self, choices: dict[str, Sequence[Any]], where: str = "search.calibration") -> None:
+        """Raise :class:`RecipeError` unless every offset decision has an entry for each value ``choices`` (a
+        space's :meth:`choices`) gives it: an architecture the search may suggest would have no offset."""
+        for decision, table in self.offsets.items():
+            missing = [str(v) for v in choices.get(decision, ()) if str(v) not in table]
+            if missing:
+                raise RecipeError(
+                    f"{where}.offsets.{decision}: no offset for {', '.join(map(repr, missing))} (the space's values: "
+                    f"{', '.join(map(str, choices[decision]))}): give every value, 0 for the reference"
+                )
+
     def to_dict(self) -> dict[str, Any]:
         return {"intercept": self.intercept, "inherited": self.inherited, "per_layer": self.per_layer,
                 "offsets": {d: dict(t) for d, t in self.offsets.items()}}

@@ -72,6 +72,12 @@ def test_a_value_without_an_offset_is_named(archs) -> None:
     other = next(a for a in archs if a.pos != "rope")
     with pytest.raises(RecipeError, match=rf"offsets.pos: no offset for '{other.pos}'.*it has rope"):
         c.predict(other, 2.0)
+    # checked against the space before anything is scored
+    with pytest.raises(RecipeError, match=r"offsets.pos: no offset for 'alibi', 'learned' \(the space's values: "
+                                          r"rope, alibi, learned\)"):
+        c.check(load_space("tiny_char").choices())
+    complete = Calibration(0.0, 1.0, offsets={"pos": {"rope": 0, "alibi": 0, "learned": 0}})
+    complete.check(load_space("tiny_char").choices())  # every value has one: no error
 
 
 @pytest.mark.parametrize("values, message", [
