@@ -9,6 +9,11 @@ fresh set is scored by the same supernet with ``run.py``'s fidelity stage.
     python eval/supernet/run.py --stages scratch --threads 1 --arch-seed 2029 --out eval/supernet/results/fresh2029
     python eval/supernet/round9.py              # the leave-one-set-out table, the winner, its calibration
     python eval/supernet/round9.py --fresh      # the winner on the third fresh set, once
+    llmnas search shakespeare_char --set study=shakespeare_char_600 --set train.max_steps=600 \
+        --set train.lr_decay_steps=null --set search.pruner.kind=none --set search.n_trials=40
+    llmnas supernet calibrate supernet_shakespeare --from runs/shakespeare_char_600 \
+        --out eval/supernet/results/round9/from_search.json
+    python eval/supernet/round9.py --from-search eval/supernet/results/round9/from_search.json   # for the record
 
 Results: ``results/round9/round9.md``, ``round9.json`` and ``calibration.json`` (the recipe's
 ``search.calibration``); the fresh set's stage files in ``results/round9/fresh2029/``.
@@ -124,7 +129,23 @@ def run_fresh(key: str, threads: int) -> dict:
             "calibration": None if calibration is None else calibration.to_dict()}
 
 
-def report(results: dict, chosen: str, fresh: dict | None) -> str:
+def from_search(path: Path) -> dict:
+    """For the record: a calibration ``llmnas supernet calibrate`` fitted on a from-scratch search's own trials
+    (``--out`` JSON), scored on every labelled set and the fresh one, beside the inherited loss alone."""
+    from eval.supernet.round7 import stats
+    from llmnas.supernet.calibration import Calibration
+
+    written = json.loads(path.read_text())
+    calibration = Calibration.from_dict(written["calibration"])
+    sets = {s: rows(SCORED / s) for s in SETS} | {FRESH[0]: rows(OUT / FRESH[0])}
+    sets["all five"] = [r for v in sets.values() for r in v]
+    return {"source": written["study"], "n": written["n"], "calibration": written["calibration"],
+            "kendall_tau_on_its_trials": written["kendall_tau"],
+            "sets": {s: {"calibrated": stats(scores(calibration, v), "scored"), "inherited": stats(v, "inherited")}
+                     for s, v in sets.items()}}
+
+
+def report(results: dict, chosen: str, fresh: dict | None, searched: dict | None = None) -> str:
     from eval.supernet.budget import cell
 
     names = {"C0": "inherited loss alone", "CD": "+ per-layer term", "CP": "+ offset per positional scheme",
@@ -164,6 +185,16 @@ def report(results: dict, chosen: str, fresh: dict | None) -> str:
             for k, e in five.items():
                 lines.append(f"| {k} | " + " | ".join(f"{e['sets'][s]:.3f}" for s in names5)
                              + f" | {e['mean_tau']:.3f} |")
+    if searched is not None:
+        lines += ["", f"## A calibration fitted on a from-scratch search's own trials ({searched['n']} architectures "
+                  f"of {searched['source']})", "",
+                  "What a user does without labelled sets: `llmnas supernet calibrate supernet_shakespeare --from "
+                  "<the from-scratch study>`. Its figures on its own trials: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in searched["kendall_tau_on_its_trials"].items())
+                  + f". Its coefficients: `{json.dumps(searched['calibration'])}`. On the labelled sets (Kendall tau "
+                  "/ Spearman rho):", "", "| set | calibrated | inherited loss alone |", "|---|---:|---:|"]
+        for s, e in searched["sets"].items():
+            lines.append(f"| {s} | {cell(e['calibrated'])} | {cell(e['inherited'])} |")
     lines += ["", "Machine: a 2-core x86_64 container, CPU only, one torch thread per run.", ""]
     return "\n".join(lines)
 
@@ -172,6 +203,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fresh", action="store_true", help="the winner on the third fresh set (once)")
+    p.add_argument("--from-search", type=Path, help="for the record: a calibration written by llmnas supernet "
+                   "calibrate --out from a from-scratch search, scored on every set")
     args = p.parse_args()
     from eval.supernet.round7 import fresh_look, write_record
 
@@ -183,7 +216,12 @@ def main() -> int:
         json.dumps(None if calibration is None else calibration.to_dict(), indent=1) + "\n")
     record = OUT / "round9.json"
     fresh = fresh_look(record, chosen, args.fresh, lambda key: run_fresh(key, args.threads), "")
-    write_record(record, results, chosen, fresh, report(results, chosen, fresh))
+    searched = json.loads(record.read_text()).get("from_search") if record.exists() else None
+    if args.from_search is not None:
+        searched = from_search(args.from_search)
+    write_record(record, results, chosen, fresh, report(results, chosen, fresh, searched))
+    if searched is not None:  # kept beside the round's own record
+        record.write_text(json.dumps({**json.loads(record.read_text()), "from_search": searched}, indent=1) + "\n")
     return 0
 
 

@@ -172,3 +172,18 @@ def test_round9_committed_record_calibration_and_recipe_follow_the_rule(round9) 
         fresh = {r["arch_id"] for r in round9.rows(round9.OUT / round9.FRESH[0])}
         labelled = {r["arch_id"] for s in round9.SETS for r in round9.rows(round9.SCORED / s)}
         assert len(fresh) == 30 and not fresh & labelled
+
+
+def test_round9_from_search_record_is_what_its_calibration_gives(round9) -> None:
+    """The record of the calibration fitted on a from-scratch search's trials (llmnas supernet calibrate --out) is
+    recomputed from the committed files: its figures on every set come from that calibration."""
+    record = json.loads((round9.OUT / "round9.json").read_text())
+    path = round9.OUT / "from_search.json"
+    if "from_search" not in record:
+        pytest.skip("no from-search calibration recorded yet (round9.py --from-search)")
+    again = round9.from_search(path)
+    assert again["n"] == record["from_search"]["n"] >= 20
+    for s, e in again["sets"].items():
+        for k in ("calibrated", "inherited"):
+            assert e[k]["kendall_tau"] == pytest.approx(record["from_search"]["sets"][s][k]["kendall_tau"])
+    assert again["sets"]["all five"]["inherited"]["kendall_tau"] > 0.5  # the supernet's own signal is there
