@@ -54,6 +54,9 @@ VARIANTS = {
     # steps; the winner alone on a fresh set): depths balanced too, or 12 subnets per step
     "split_pos_balanced_depth": (600, False, False, 8, 0, "pos", "[d_model,n_layers]"),
     "split_pos_balanced_x12": (600, False, False, 12, 0, "pos", "d_model"),
+    # tenth round (results/round10/RULE.md: calibrated, chosen by leave-one-set-out over the five labelled sets;
+    # the winner alone on a fourth fresh set): one supernet per depth, 6 subnets per step (within the 20x budget)
+    "split_n_layers_balanced": (600, False, False, 6, 0, "n_layers", "d_model"),
 }
 #: the mean inherited-weight loss of several supernets (same budget, other seeds): second round
 ENSEMBLES = {"uniform600 x3 seeds": ("uniform600", "uniform600s1", "uniform600s2")}

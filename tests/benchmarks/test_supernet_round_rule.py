@@ -187,3 +187,46 @@ def test_round9_from_search_record_is_what_its_calibration_gives(round9) -> None
         for k in ("calibrated", "inherited"):
             assert e[k]["kendall_tau"] == pytest.approx(record["from_search"]["sets"][s][k]["kendall_tau"])
     assert again["sets"]["all five"]["inherited"]["kendall_tau"] > 0.5  # the supernet's own signal is there
+
+
+# ---------------------------------------------------------------------- the tenth round (eval/supernet/round10.py)
+@pytest.fixture()
+def round10(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    from eval.supernet import round10 as module
+
+    return module
+
+
+def test_round10_budget_and_tie_rule(round10) -> None:
+    assert round10.cost("R0") == pytest.approx(14.4) and round10.cost("R1") == pytest.approx(25.2)
+    assert all(600 / round10.cost(k) >= 20 for k in round10.CANDIDATES)  # both within the issue's 20x
+    e = lambda tau, key: {"mean_tau": tau, "cost": round10.cost(key)}  # noqa: E731
+    assert round10.winner({"R0": e(0.82, "R0"), "R1": e(0.83, "R1")}) == "R1"
+    assert round10.winner({"R0": e(0.8204, "R0"), "R1": e(0.8196, "R1")}) == "R0"  # a tie: the cheaper
+    assert round10.winner({"R0": e(0.82, "R0"), "R1": None}) is None  # no choice until both are scored
+    # R0's labelled scores are the recipe supernet's, already measured by the eighth and ninth rounds
+    assert round10.scores_folder("R0", "main") == round10.RESULTS / "round8" / "main"
+    assert round10.scores_folder("R0", "fresh2029") == round10.RESULTS / "round9" / "fresh2029"
+    assert round10.scores_folder("R1", "fresh2027") == round10.OUT / "R1" / "fresh2027"
+
+
+def test_round10_committed_record_follows_the_rule(round10) -> None:
+    record_path = round10.OUT / "round10.json"
+    if not record_path.exists():
+        pytest.skip("round10.py has not been run")
+    record = json.loads(record_path.read_text())
+    results = {k: round10.loso(k) for k in round10.CANDIDATES}
+    assert record["chosen"] == round10.winner(results)
+    for key, e in results.items():
+        if e is None:  # not scored on every set yet, in the record as here
+            assert record["candidates"][key] is None
+        else:
+            assert e["mean_tau"] == pytest.approx(record["candidates"][key]["mean_tau"])
+    if record["fresh"] is not None:
+        assert record["fresh"]["candidate"] == record["chosen"] and record["fresh"]["n"] == 30
+        from eval.supernet.round9 import rows
+
+        fresh = {r["arch_id"] for r in rows(round10.scores_folder(record["chosen"], round10.FRESH[0]))}
+        labelled = {r["arch_id"] for s in round10.SETS for r in rows(round10.scores_folder("R0", s))}
+        assert len(fresh) == 30 and len(labelled) == 150 and not fresh & labelled
