@@ -145,11 +145,9 @@ def test_round9_each_held_out_set_is_scored_by_a_calibration_fitted_without_it(r
         json.loads((round9.SCORED / "round8.json").read_text())["candidates"]["sets"]["main"]["F0"]["kendall_tau"])
 
 
-def test_round9_committed_record_calibration_and_recipe_follow_the_rule(round9) -> None:
+def test_round9_committed_record_and_calibration_follow_the_rule(round9) -> None:
     """The committed choice is the rule's on the committed scores; calibration.json is the winner refitted on all
-    120; the recipe's search.calibration is that calibration (to the 6 decimals the recipe gives)."""
-    from llmnas.recipe import load_recipe
-
+    120 (the shipped recipe no longer carries it: the tenth round's fresh set did not bear it out)."""
     record = json.loads((round9.OUT / "round9.json").read_text())
     results = round9.loso()
     assert record["chosen"] == round9.winner(results)
@@ -161,11 +159,6 @@ def test_round9_committed_record_calibration_and_recipe_follow_the_rule(round9) 
     assert [refit[k] for k in ("intercept", "inherited", "per_layer")] == pytest.approx(
         [committed[k] for k in ("intercept", "inherited", "per_layer")], abs=1e-9)
     assert refit["offsets"]["pos"] == pytest.approx(committed["offsets"]["pos"], abs=1e-9)
-    recipe = load_recipe(REPO / "recipes" / "supernet_shakespeare.yaml").search.calibration
-    assert recipe.intercept == pytest.approx(committed["intercept"], abs=5e-7)
-    assert recipe.inherited == pytest.approx(committed["inherited"], abs=5e-7)
-    assert recipe.per_layer == pytest.approx(committed["per_layer"], abs=5e-7)
-    assert recipe.offsets["pos"] == pytest.approx(committed["offsets"]["pos"], abs=5e-7)
     if record["fresh"] is not None:  # one look, with the winner, at 30 architectures none of the others have
         assert record["fresh"]["candidate"] == record["chosen"] and record["fresh"]["n"] == 30
         assert record["fresh"]["calibration"] == committed
