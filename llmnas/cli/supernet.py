@@ -130,7 +130,7 @@ def calibrate(args: argparse.Namespace) -> int:
     import yaml
     from optuna.trial import TrialState
 
-    from llmnas.errors import RecipeError
+    from llmnas.errors import ArchitectureError, RecipeError
     from llmnas.recipe import load_recipe
     from llmnas.search import load_study, trial_arch
     from llmnas.search.engine import recipe_data
@@ -174,7 +174,7 @@ def calibrate(args: argparse.Namespace) -> int:
         arch = trial_arch(t)
         try:
             net.check(arch)
-        except Exception:
+        except ArchitectureError:  # another space's architecture: the supernet cannot score it
             outside += 1
             continue
         archs.append(arch)
