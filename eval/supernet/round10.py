@@ -139,14 +139,12 @@ def report(results: dict, chosen: str | None, fresh: dict | None) -> str:
         if e is not None:
             lines.append(f"| {key} | " + " | ".join(cell(e["sets"][s]["inherited"]) for s in SETS) + " |")
     if fresh is not None:
-        lines += ["", f"## The winner ({fresh['candidate']}) on the fourth fresh set ({fresh['n']} architectures, "
-                  f"`--arch-seed {FRESH[1]}`), measured once", "",
-                  f"Its calibration, fitted on all 150 labelled architectures: `{json.dumps(fresh['calibration'])}`",
-                  "", "| scorer | Kendall tau / Spearman rho |", "|---|---:|",
-                  f"| **{fresh['candidate']}, calibrated (the reported figure; target tau >= 0.8)** | "
-                  f"**{cell(fresh['chosen'])}** |",
-                  f"| its inherited loss alone (for the record) | {cell(fresh['inherited'])} |",
-                  f"| parameter count | {cell(fresh['params'])} |", f"| grad_norm | {cell(fresh['grad_norm'])} |"]
+        from eval.supernet.round7 import fresh_table
+
+        lines += fresh_table(
+            fresh, "fourth", FRESH[1], f"{fresh['candidate']}, calibrated", "its inherited loss alone (for the record)",
+            before=(f"Its calibration, fitted on all 150 labelled architectures: `{json.dumps(fresh['calibration'])}`",
+                    ""))
     lines += ["", "Machine: a 2-core x86_64 container, CPU only, one torch thread per run.", ""]
     return "\n".join(lines)
 

@@ -218,6 +218,20 @@ def fresh_look(record: Path, chosen: str | None, look: bool, measure, not_ready:
     return fresh
 
 
+def fresh_table(fresh: dict, ordinal: str, seed: str, chosen: str, inherited: str, before: tuple = (),
+                extra: tuple = ()) -> list[str]:
+    """The report lines of a round's one look at its fresh set: the winner's figure (labelled ``chosen``), the
+    inherited weights alone (``inherited``), any ``extra`` rows, and the two proxies."""
+    from eval.supernet.budget import cell
+
+    return ["", f"## The winner ({fresh['candidate']}) on the {ordinal} fresh set ({fresh['n']} architectures, "
+            f"`--arch-seed {seed}`), measured once", "", *before,
+            "| scorer | Kendall tau / Spearman rho |", "|---|---:|",
+            f"| **{chosen} (the reported figure; target tau >= 0.8)** | **{cell(fresh['chosen'])}** |",
+            f"| {inherited} | {cell(fresh['inherited'])} |", *extra,
+            f"| parameter count | {cell(fresh['params'])} |", f"| grad_norm | {cell(fresh['grad_norm'])} |"]
+
+
 def write_record(record: Path, results: dict, chosen: str | None, fresh: dict | None, text: str) -> None:
     """``<round>.json`` (the candidates, the choice, the fresh look) and its table ``<round>.md``."""
     record.parent.mkdir(parents=True, exist_ok=True)

@@ -143,13 +143,9 @@ def report(results: dict, chosen: str | None, fresh: dict | None) -> str:
         sets = [cell(results["sets"].get(s, {}).get(proxy)) for s in SETS]
         lines.append(f"| {proxy} (zero-cost proxy) | 0 | " + " | ".join(sets) + f" | {cell(pooled.get(proxy))} |")
     if fresh is not None:
-        lines += ["", f"## The winner ({fresh['candidate']}) on the second fresh set ({fresh['n']} architectures, "
-                  f"`--arch-seed {FRESH[1]}`), measured once", "",
-                  "| scorer | Kendall tau / Spearman rho |", "|---|---:|",
-                  f"| **{fresh['candidate']} (the reported figure; target tau >= 0.8)** | "
-                  f"**{cell(fresh['chosen'])}** |",
-                  f"| inherited weights alone (for the record) | {cell(fresh['inherited'])} |",
-                  f"| parameter count | {cell(fresh['params'])} |", f"| grad_norm | {cell(fresh['grad_norm'])} |"]
+        from eval.supernet.round7 import fresh_table
+
+        lines += fresh_table(fresh, "second", FRESH[1], fresh["candidate"], "inherited weights alone (for the record)")
     lines += ["", "Machine: a 2-core x86_64 container, CPU only, one torch thread per run.", ""]
     return "\n".join(lines)
 

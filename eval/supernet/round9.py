@@ -166,16 +166,14 @@ def report(results: dict, chosen: str, fresh: dict | None, searched: dict | None
         lines += ["", f"The winner fitted on all {30 * len(SETS)} labelled architectures (`calibration.json`, the "
                   f"recipe's `search.calibration`): `{json.dumps(calibration.to_dict())}`"]
     if fresh is not None:
-        lines += ["", f"## The winner ({fresh['candidate']}) on the third fresh set ({fresh['n']} architectures, "
-                  f"`--arch-seed {FRESH[1]}`), measured once", "",
-                  "| scorer | Kendall tau / Spearman rho |", "|---|---:|",
-                  f"| **{fresh['candidate']}, the calibration above (the reported figure; target tau >= 0.8)** | "
-                  f"**{cell(fresh['chosen'])}** |",
-                  f"| inherited loss alone (the eighth round's scorer, for the record) | {cell(fresh['inherited'])} |",
-                  f"| {fresh['candidate']} on the 200 windows a search scores on (for the record) | "
-                  f"{cell(fresh['chosen_as_searched'])} |",
-                  f"| inherited loss alone on those 200 windows | {cell(fresh['inherited_as_searched'])} |",
-                  f"| parameter count | {cell(fresh['params'])} |", f"| grad_norm | {cell(fresh['grad_norm'])} |"]
+        from eval.supernet.round7 import fresh_table
+
+        lines += fresh_table(
+            fresh, "third", FRESH[1], f"{fresh['candidate']}, the calibration above",
+            "inherited loss alone (the eighth round's scorer, for the record)",
+            extra=(f"| {fresh['candidate']} on the 200 windows a search scores on (for the record) | "
+                   f"{cell(fresh['chosen_as_searched'])} |",
+                   f"| inherited loss alone on those 200 windows | {cell(fresh['inherited_as_searched'])} |"))
         five = fresh.get("five_sets")
         if five:
             names5 = list(next(iter(five.values()))["sets"])

@@ -239,10 +239,7 @@ class SupernetEvaluator:
         broadcast_object_list([{"arch": arch.to_json()}])  # followers evaluate the same architecture
         measured = {key: value for key, value in self._score(arch).to_dict().items() if value is not None}
         if self.calibration is not None:
-            try:
-                predicted = self.calibration.predict(arch, measured["val_loss"])
-            except RecipeError as e:
-                raise RecipeError(f"{self.recipe.source}: {e}") from None
+            predicted = self.calibration.predict(arch, measured["val_loss"])  # checked against the space already
             # the bits are proportional to the loss over the same windows
             scale = predicted / measured["val_loss"]
             for key in ("bits_per_byte", "bits_per_char"):
