@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -65,15 +66,29 @@ def run_group(cmd: list[str], *, timeout: float, **kwargs) -> subprocess.Complet
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def launch_two_processes(mode: str, script: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``script`` under ``accelerate launch`` on two CPU processes: ``ddp`` (gloo) or ``deepspeed`` (ZeRO-2 with
-    the shipped CPU config, which must run without ACCELERATE_USE_CPU)."""
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_launcher(mode: str) -> tuple[list[str], dict[str, str]]:
+    """``accelerate launch`` on two CPU processes, and the environment it needs: ``ddp`` (gloo) or ``deepspeed``
+    (ZeRO-2 with the shipped CPU config, which must run without ACCELERATE_USE_CPU). Each launch rendezvouses on
+    its own free port: accelerate's default, 29500, may still be held by an earlier launch's store."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(free_port())]
     if mode == "ddp":
         env["ACCELERATE_USE_CPU"] = "1"
         launcher += ["--multi_gpu", "--num_processes", "2"]
     else:
         env.pop("ACCELERATE_USE_CPU", None)
         launcher += ["--config_file", str(DEEPSPEED_CONFIG)]
+    return launcher, env
+
+
+def launch_two_processes(mode: str, script: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``script`` under :func:`accelerate_launcher`'s two processes."""
+    launcher, env = accelerate_launcher(mode)
     return run_group([*launcher, str(script), *args], cwd=REPO, env=env, timeout=timeout)

@@ -21,7 +21,7 @@ from llmnas.errors import RecipeError
 from llmnas.recipe import recipe_from_dict
 from llmnas.search import load_study, run_search, select_trial, trial_arch
 from llmnas.search.engine import Objective, prepare_space
-from tests.conftest import REPO, shared_data
+from tests.conftest import REPO, accelerate_launcher, shared_data
 
 SPACE = """
 name: micro
@@ -231,14 +231,8 @@ def test_search_under_accelerate_launch_with_two_processes(tmp_path, mode) -> No
         pytest.skip("deepspeed is not installed (pip install -e '.[deepspeed]'); CI installs it")
     recipe_path = tmp_path / "r.yaml"
     recipe_path.write_text(yaml.safe_dump(make_recipe(tmp_path, n_trials=2)))
-    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
-    env = {"OMP_NUM_THREADS": "1"}
-    if mode == "ddp":
-        launcher += ["--multi_gpu", "--num_processes", "2", "-m"]
-        env["ACCELERATE_USE_CPU"] = "1"
-    else:
-        launcher += ["--config_file", str(REPO / "recipes" / "accelerate" / "cpu_deepspeed_zero2.yaml"), "-m"]
-    done = _cli("search", str(recipe_path), "--quiet", env=env, launcher=launcher)
+    launcher, env = accelerate_launcher(mode)
+    done = _cli("search", str(recipe_path), "--quiet", env=env, launcher=[*launcher, "-m"])
     assert done.returncode == 0, done.stderr[-3000:]
     study = load_study(tmp_path / "runs" / "t")
     assert len(study.trials) == 2
