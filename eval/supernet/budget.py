@@ -57,7 +57,14 @@ VARIANTS = {
     # tenth round (results/round10/RULE.md: calibrated, chosen by leave-one-set-out over the five labelled sets;
     # the winner alone on a fourth fresh set): one supernet per depth, 6 subnets per step (within the 20x budget)
     "split_n_layers_balanced": (600, False, False, 6, 0, "n_layers", "d_model"),
+    # eleventh round (results/round11/RULE.md: inherited loss alone, chosen on the six labelled sets; the winner
+    # alone on a fifth fresh set): the recipe's supernet with per-value weights (supernet.unshare)
+    "split_pos_balanced_unshare_ha": (600, False, False, 8, 0, "pos", "d_model"),
+    "split_pos_balanced_unshare_haa": (600, False, False, 8, 0, "pos", "d_model"),
 }
+#: variant: its supernet.unshare (the per-layer decisions whose values get weights of their own)
+UNSHARE = {"split_pos_balanced_unshare_ha": "[n_heads,activation]",
+           "split_pos_balanced_unshare_haa": "[n_heads,attention,activation]"}
 #: the mean inherited-weight loss of several supernets (same budget, other seeds): second round
 ENSEMBLES = {"uniform600 x3 seeds": ("uniform600", "uniform600s1", "uniform600s2")}
 #: the two 6,000-step supernets of the first tables (trained by run.py's supernet stage and its ablation)
@@ -105,6 +112,8 @@ def overrides(name: str) -> list[str]:
         sets |= {"supernet.split": split}
     if balance(name):
         sets |= {"supernet.balance": balance(name)}
+    if name in UNSHARE:
+        sets |= {"supernet.unshare": UNSHARE[name]}
     return [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
 
 
@@ -152,7 +161,8 @@ def summary() -> str:
         steps, largest, smallest, k, _, split = spec(name)
         n = int(largest) + int(smallest) + k
         rule = (("sandwich" if largest else "uniform") + (f", split on {split}" if split else "")
-                + (f", {balance(name)} balanced" if balance(name) else ""))
+                + (f", {balance(name)} balanced" if balance(name) else "")
+                + (f", {UNSHARE[name]} unshared" if name in UNSHARE else ""))
         rows.append((name, steps, n, rule, fidelity(OUT / name / "tuning"), fidelity(OUT / name / "main"),
                      parts(name)))
     for name, (tuning, main) in EARLIER.items():

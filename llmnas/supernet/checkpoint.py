@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from llmnas.errors import RecipeError
 from llmnas.export.checkpoint import CheckpointError
 from llmnas.supernet.dims import space_from_record
 from llmnas.supernet.model import SuperNet
@@ -162,7 +163,11 @@ def load_supernet(location: str | Path, device: str | torch.device = "cpu") -> S
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path / WEIGHTS}: unreadable ({e}): the checkpoint is corrupted or partial") from None
     space = space_from_record(meta["space"], meta.get("constraints"), source=str(path / META))
-    net = SuperNet(space).to(device)
+    unshare = tuple((meta.get("config") or {}).get("unshare", ()))
+    try:
+        net = SuperNet(space, unshare=unshare).to(device)
+    except RecipeError as e:
+        raise CheckpointError(f"{path / META}: {e}; the checkpoint is corrupted") from None
     expected = net.state_dict()
     wrong = sorted(set(expected) ^ set(state)) or [
         k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)

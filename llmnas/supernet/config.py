@@ -8,6 +8,9 @@ from llmnas.errors import RecipeError
 
 #: the decisions a supernet may be split on (``supernet.split``): each is one value per architecture
 SPLIT_DECISIONS = ("d_model", "n_layers", "pos", "norm", "tie_embeddings")
+#: the per-layer decisions whose values may get weights of their own (``supernet.unshare``), and which weights
+UNSHARE_DECISIONS = {"n_heads": "query and key projections", "attention": "query and key projections",
+                     "activation": "FFN up and down projections"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +56,13 @@ class SupernetConfig:
     feasible widths, then the depth uniformly among the depths feasible at that width (under a cap a drawn depth
     is rejected more often the deeper it is, so the last layers are seldom trained), then the rest.
     None: every decision uniform (then the constraints)."""
+    unshare: tuple[str, ...] = ()
+    """Per-layer decisions (of :data:`UNSHARE_DECISIONS`) whose values stop sharing weights: ``n_heads`` and
+    ``attention`` give every head count and attention kind (full, sliding) query and key projections of their
+    own in every layer (the head count changes how those rows are split, so shared rows serve different
+    functions); ``activation`` gives GELU, ReLU² and SwiGLU their own FFN up and down projections (a MoE layer's
+    experts stay shared). Same training budget, more weights. Empty: the weight sharing of the module docstring
+    of :mod:`llmnas.supernet.model`."""
     out: str | None = None
     """Folder of the supernet; default ``<run_dir>/<study>/supernet``."""
 
@@ -86,6 +96,19 @@ class SupernetConfig:
                                   "(each part takes one value)")
         if len(set(self.balanced_decisions)) < len(self.balanced_decisions) or self.balance == ():
             raise RecipeError(f"supernet.balance={shown!r}: list each decision once (and at least one)")
+        unshare = self.unshare
+        if isinstance(unshare, str):
+            unshare = (unshare,)
+        if not isinstance(unshare, (list, tuple)):
+            raise RecipeError(f"supernet.unshare={self.unshare!r}: give a list of {', '.join(UNSHARE_DECISIONS)}")
+        for decision in unshare:
+            if decision not in UNSHARE_DECISIONS:
+                raise RecipeError(f"supernet.unshare={list(unshare)!r}: {decision!r} is not one of "
+                                  f"{', '.join(UNSHARE_DECISIONS)} (the per-layer decisions whose values can have "
+                                  "weights of their own)")
+        if len(set(unshare)) < len(unshare):
+            raise RecipeError(f"supernet.unshare={list(unshare)!r}: list each decision once")
+        object.__setattr__(self, "unshare", tuple(d for d in UNSHARE_DECISIONS if d in unshare))  # canonical order
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise RecipeError(f"supernet.seed={self.seed!r}: must be a non-negative integer")
 

@@ -11,6 +11,10 @@ Once-for-All, HAT and AutoFormer). A subnet takes the first rows and columns of 
   GELU and ReLU² use; a MoE layer (weights of its own) takes its first experts, each at its first units;
 - depth: the first layers.
 
+``unshare`` (``supernet.unshare``) stops some of that sharing: each head count and/or attention kind gets query
+and key projections of its own, each activation its own FFN up and down projections (a leading axis of the
+weight, one entry per value; :func:`variant` picks it).
+
 RMSNorm and LayerNorm share their (bias-free) weights; a learned position table and an untied output head
 exist only when the space has architectures that need them.
 
@@ -30,12 +34,14 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmnas.errors import RecipeError
 from llmnas.models.decoder import (
     AttentionContext,
     Decoder,
@@ -46,8 +52,9 @@ from llmnas.models.decoder import (
     mixture_of_experts,
     norm,
 )
-from llmnas.space.arch import Architecture, MoEFFN
+from llmnas.space.arch import Architecture, BlockSpec, MoEFFN
 from llmnas.space.transformer import TransformerSpace
+from llmnas.supernet.config import UNSHARE_DECISIONS
 from llmnas.supernet.dims import SupernetDims, check_member
 
 Weights = dict[str, torch.Tensor]
@@ -67,6 +74,11 @@ def block(w: torch.Tensor, n_out: int, n_in: int) -> torch.Tensor:
 def experts(w: torch.Tensor, n: int, n_out: int, n_in: int) -> torch.Tensor:
     """Stacked expert weights ``(E, out, in)`` cut to the first ``n`` experts, outputs and inputs."""
     return w[:n, :n_out, :n_in]
+
+
+def variant(w: torch.Tensor, i: int, n: int) -> torch.Tensor:
+    """Entry ``i`` of a weight stacked over ``n`` unshared values (``n == 1``: the shared weight itself)."""
+    return w[i] if n > 1 else w
 
 
 def ffn_weights(prefix: str, p: dict[str, nn.Parameter], d: int, hidden: int, activation: str) -> Weights:
@@ -103,19 +115,22 @@ def subnet_weights(net: SuperNet, arch: Architecture) -> Weights:
         w["pos_embed.weight"] = net.pos_embed[: arch.max_seq_len, :d]
     if not arch.tie_embeddings:
         w["lm_head.weight"] = net.lm_head[:, :d]
+    n_attn, n_ffn = len(net.attn_variants), len(net.ffn_variants)
     for i, spec in enumerate(arch.blocks):
         layer, a, pre = net.layers[i], spec.attn, f"layers.{i}"
+        qk = net.attn_variant(spec)
         w[f"{pre}.attn_norm.weight"] = rows(layer.attn_norm, d)
         w[f"{pre}.ffn_norm.weight"] = rows(layer.ffn_norm, d)
-        w[f"{pre}.attn.q.weight"] = block(layer.q, a.q_dim, d)
-        w[f"{pre}.attn.k.weight"] = block(layer.k, a.kv_dim, d)
+        w[f"{pre}.attn.q.weight"] = block(variant(layer.q, qk, n_attn), a.q_dim, d)
+        w[f"{pre}.attn.k.weight"] = block(variant(layer.k, qk, n_attn), a.kv_dim, d)
         w[f"{pre}.attn.v.weight"] = block(layer.v, a.kv_dim, d)
         w[f"{pre}.attn.out.weight"] = block(layer.out, d, a.q_dim)
         f = spec.ffn
         if isinstance(f, MoEFFN):
             w.update(moe_weights(f"{pre}.ffn", layer, d, f))
         else:
-            dense = {"gate": layer.gate, "up": layer.up, "down": layer.down}
+            j = net.ffn_variant(spec)
+            dense = {"gate": layer.gate, "up": variant(layer.up, j, n_ffn), "down": variant(layer.down, j, n_ffn)}
             w.update(ffn_weights(f"{pre}.ffn", dense, d, f.hidden, f.activation))
     return w
 
@@ -128,14 +143,16 @@ def _param(*shape: int) -> nn.Parameter:
 class SuperLayer(nn.Module):
     """One layer's full-size weights; it has no forward of its own (see :meth:`SuperNet.forward`)."""
 
-    def __init__(self, dims: SupernetDims) -> None:
+    def __init__(self, dims: SupernetDims, n_attn: int = 1, n_ffn: int = 1) -> None:
         super().__init__()
         D = dims.d_model
+        qk = (n_attn,) if n_attn > 1 else ()  # one query/key projection per unshared attention value
+        fv = (n_ffn,) if n_ffn > 1 else ()
         self.attn_norm, self.ffn_norm = _param(D), _param(D)
-        self.q, self.k, self.v = _param(dims.q_dim, D), _param(dims.kv_dim, D), _param(dims.kv_dim, D)
+        self.q, self.k, self.v = _param(*qk, dims.q_dim, D), _param(*qk, dims.kv_dim, D), _param(dims.kv_dim, D)
         self.out = _param(D, dims.q_dim)
         if dims.ffn_hidden:
-            self.up, self.down = _param(dims.ffn_hidden, D), _param(D, dims.ffn_hidden)
+            self.up, self.down = _param(*fv, dims.ffn_hidden, D), _param(*fv, D, dims.ffn_hidden)
             self.gate = _param(dims.ffn_hidden, D) if dims.gate else None
         if dims.n_experts:
             E, H = dims.n_experts, dims.expert_hidden
@@ -154,16 +171,37 @@ class SuperNet(nn.Module):
     Args:
         space: the transformer space (with its final vocabulary size and block size).
         dropout: dropout of every subnet while training (as in :class:`Decoder`).
+        unshare: per-layer decisions whose values get weights of their own (``supernet.unshare``; each must
+            have two or more values in the space).
+
+    Raises:
+        RecipeError: an ``unshare`` decision the space does not vary.
     """
 
-    def __init__(self, space: TransformerSpace, dropout: float = 0.0) -> None:
+    def __init__(self, space: TransformerSpace, dropout: float = 0.0, unshare: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.space = space
         self.dims = dims = SupernetDims.of(space)
         self.dropout = dropout
+        self.unshare = tuple(unshare)
+        for decision in self.unshare:
+            if decision not in UNSHARE_DECISIONS:
+                raise RecipeError(f"supernet.unshare: {decision!r} is not one of {', '.join(UNSHARE_DECISIONS)}")
+            values = space.layer_choices.get(decision, ())
+            if len(values) < 2:
+                raise RecipeError(f"supernet.unshare: {decision!r} takes {len(values)} value(s) in the space "
+                                  f"{space.name!r} ({list(values)}): there is nothing to unshare; remove it")
+        attn_keys = [k for k in ("n_heads", "attention") if k in self.unshare]
+        #: the unshared (n_heads, attention) values, one query/key projection each ([()]: all shared)
+        self.attn_variants = list(itertools.product(*(space.layer_choices[k] for k in attn_keys)))
+        self._attn_keys = attn_keys
+        #: the unshared activations, one FFN up/down projection each ([()]: all shared)
+        self.ffn_variants = ([(v,) for v in space.layer_choices["activation"]] if "activation" in self.unshare
+                             else [()])
         self.embed = _param(dims.vocab_size, dims.d_model)
         self.pos_embed = _param(dims.max_seq_len, dims.d_model) if dims.learned_pos else None
-        self.layers = nn.ModuleList(SuperLayer(dims) for _ in range(dims.n_layers))
+        self.layers = nn.ModuleList(SuperLayer(dims, len(self.attn_variants), len(self.ffn_variants))
+                                    for _ in range(dims.n_layers))
         self.norm = _param(dims.d_model)
         self.lm_head = _param(dims.vocab_size, dims.d_model) if dims.untied else None
         self.reset_parameters()
@@ -178,6 +216,19 @@ class SuperNet(nn.Module):
                 nn.init.normal_(p, 0.0, out_std)
             else:
                 nn.init.normal_(p, 0.0, std)
+
+    def attn_variant(self, spec: BlockSpec) -> int:
+        """Which unshared query/key projection a layer of this spec uses (0 when they are shared)."""
+        if len(self.attn_variants) == 1:
+            return 0
+        value = {"n_heads": spec.attn.n_heads, "attention": "full" if spec.attn.window is None else "sliding"}
+        return self.attn_variants.index(tuple(value[k] for k in self._attn_keys))
+
+    def ffn_variant(self, spec: BlockSpec) -> int:
+        """Which unshared FFN up/down projection a dense layer of this spec uses (0 when they are shared)."""
+        if len(self.ffn_variants) == 1:
+            return 0
+        return self.ffn_variants.index((spec.ffn.activation,))
 
     def check(self, arch: Architecture) -> None:
         """Raise :class:`~llmnas.errors.ArchitectureError` unless ``arch`` is one of this supernet's subnets."""

@@ -213,6 +213,8 @@ class SupernetRun:
 def run_record(space: TransformerSpace, cfg: SupernetConfig, train_cfg: TrainConfig, data: TokenData) -> dict[str, Any]:
     """What must not change between a run and its resumption."""
     sandwich = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("checkpoint_interval", "out")}
+    if not cfg.unshare:  # as recorded before supernet.unshare existed: those supernets still resume
+        del sandwich["unshare"]
     return {
         "space": space_id(space),
         "constraints": space.describe()["constraints"],
@@ -318,7 +320,7 @@ def _train_part(space: TransformerSpace, data: TokenData, cfg: SupernetConfig, t
 
     def build() -> tuple[SuperNet, torch.optim.Optimizer, Any]:
         set_seed(train_cfg.seed)
-        net = SuperNet(space, dropout=train_cfg.dropout)
+        net = SuperNet(space, dropout=train_cfg.dropout, unshare=cfg.unshare)
         loader = training_loader(data, train_cfg, block, steps_budget, world)
         # Starting an iterator over the loader draws a seed; from a generator of its own, not from torch's
         # RNG, which a resumed run restores before its first batch (dropout would differ from the run's).
