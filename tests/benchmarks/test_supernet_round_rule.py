@@ -223,3 +223,62 @@ def test_round10_committed_record_follows_the_rule(round10) -> None:
         fresh = {r["arch_id"] for r in rows(round10.scores_folder(record["chosen"], round10.FRESH[0]))}
         labelled = {r["arch_id"] for s in round10.SETS for r in rows(round10.scores_folder("R0", s))}
         assert len(fresh) == 30 and len(labelled) == 150 and not fresh & labelled
+
+
+# ---------------------------------------------------------------------- the eleventh round (eval/supernet/round11.py)
+@pytest.fixture()
+def round11(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    from eval.supernet import round11 as module
+
+    return module
+
+
+def test_round11_candidates_and_tie_rule(round11) -> None:
+    from eval.supernet import budget
+
+    # the same training as the recipe's supernet; only the weight sharing differs
+    def sets(variant: str) -> dict[str, str]:
+        args = budget.overrides(variant)
+        assert args[::2] == ["--set"] * (len(args) // 2)
+        return dict(a.split("=", 1) for a in args[1::2])
+
+    base = sets("split_pos_balanced")
+    incumbent_folder = base.pop("supernet.out")
+    for key in ("U1", "U2"):
+        extra = sets(round11.CANDIDATES[key])
+        assert extra.pop("supernet.unshare") and extra.pop("supernet.out") != incumbent_folder
+        assert extra == base
+    assert "supernet.unshare=[n_heads,activation]" in budget.overrides(round11.CANDIDATES["U1"])
+    assert "supernet.unshare=[n_heads,attention,activation]" in budget.overrides(round11.CANDIDATES["U2"])
+    sizes = [round11.weights(k) for k in round11.CANDIDATES]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[1] < sizes[2]
+    e = lambda tau, key: {"mean_tau": tau, "weights": round11.weights(key)}  # noqa: E731
+    assert round11.winner({"U0": e(0.78, "U0"), "U1": e(0.80, "U1"), "U2": e(0.79, "U2")}) == "U1"
+    assert round11.winner({"U0": e(0.7804, "U0"), "U1": e(0.7796, "U1"), "U2": e(0.78, "U2")}) == "U0"  # tie
+    assert round11.winner({"U0": e(0.78, "U0"), "U1": e(0.8104, "U1"), "U2": e(0.8096, "U2")}) == "U1"  # tie
+    assert round11.winner({"U0": e(0.78, "U0"), "U1": None, "U2": e(0.9, "U2")}) is None
+    # U0's scores are the recipe supernet's, measured by the earlier rounds; the sixth set is the fourth fresh one
+    assert round11.scores_folder("U0", "fresh2030") == round11.RESULTS / "round10" / "R0" / "fresh2030"
+    assert round11.scores_folder("U1", "fresh2028") == round11.OUT / "U1" / "fresh2028"
+
+
+def test_round11_committed_record_follows_the_rule(round11) -> None:
+    record_path = round11.OUT / "round11.json"
+    if not record_path.exists():
+        pytest.skip("round11.py has not been run")
+    record = json.loads(record_path.read_text())
+    results = {k: round11.evaluate(k) for k in round11.CANDIDATES}
+    assert record["chosen"] == round11.winner(results)
+    for key, e in results.items():
+        if e is None:
+            assert record["candidates"][key] is None
+        else:
+            assert e["mean_tau"] == pytest.approx(record["candidates"][key]["mean_tau"])
+    if record["fresh"] is not None:
+        from eval.supernet.round9 import rows
+
+        assert record["fresh"]["candidate"] == record["chosen"] and record["fresh"]["n"] == 30
+        fresh = {r["arch_id"] for r in rows(round11.scores_folder(record["chosen"], round11.FRESH[0]))}
+        labelled = {r["arch_id"] for s in round11.SETS for r in rows(round11.scores_folder("U0", s))}
+        assert len(fresh) == 30 and len(labelled) == 180 and not fresh & labelled
