@@ -62,6 +62,9 @@ VARIANTS = {
     "split_pos_balanced_unshare_ha": (600, False, False, 8, 0, "pos", "d_model"),
     "split_pos_balanced_unshare_haa": (600, False, False, 8, 0, "pos", "d_model"),
 }
+#: variants of later rounds, each compared with the incumbent by its own round's rule (not by this table's)
+LATER_ROUNDS = {"split_pos_balanced_depth": 7, "split_pos_balanced_x12": 7, "split_n_layers_balanced": 10,
+                "split_pos_balanced_unshare_ha": 11, "split_pos_balanced_unshare_haa": 11}
 #: variant: its supernet.unshare (the per-layer decisions whose values get weights of their own)
 UNSHARE = {"split_pos_balanced_unshare_ha": "[n_heads,activation]",
            "split_pos_balanced_unshare_haa": "[n_heads,attention,activation]"}
@@ -171,7 +174,7 @@ def summary() -> str:
         steps, _, _, k, _, _ = spec(members[0])
         rows.append((name, steps, k, "uniform, mean of supernets",
                      ensemble_fidelity(members, "tuning"), ensemble_fidelity(members, "main"), len(members)))
-    scored = [r for r in rows if r[4] is not None]
+    scored = [r for r in rows if r[4] is not None and r[0] not in LATER_ROUNDS]
     chosen = max(scored, key=lambda r: (round(r[4]["kendall_tau"], 3), -r[1] * r[2] * r[6]))[0] if scored else None
     lines = ["# Supernet training budget vs ranking fidelity (tiny_char, tiny-shakespeare)", "",
              "Kendall tau / Spearman rho of the inherited-weight holdout loss against the 600-step from-scratch "
@@ -186,7 +189,8 @@ def summary() -> str:
                      f"{cell(main)} |")
     lines += ["", "split_pos_balanced_depth and split_pos_balanced_x12 were the seventh round's candidates, compared "
               "with the incumbent by that round's own rule (after 5 fine-tuning steps, on both sets pooled): "
-              "`results/round7/round7.md`.", "",
+              "`results/round7/round7.md`. split_n_layers_balanced was the tenth round's (`results/round10/`), the "
+              "two unshare variants the eleventh round's (`results/round11/`); none is marked chosen here.", "",
               "Machine: the 2-core x86_64 container, CPU only, one torch thread per run.", ""]
     return "\n".join(lines)
 
