@@ -5,8 +5,9 @@
 Three supernet trainings, one after the other in the same processes, on the quickstart recipe's corpus:
 
 1. ``sandwich``: largest + smallest + 2 random subnets per step, in-place distillation on (3 steps);
-2. ``no-largest``: the smallest and one random subnet only, so most weights get no gradient from any
-   subnet at some step (what DDP's reducer must survive) (2 steps);
+2. ``no-largest``: the smallest and one random subnet only, with per-head-count and per-activation weights
+   (``supernet.unshare``), so most weights get no gradient from any subnet at some step (what DDP's reducer
+   must survive) (2 steps);
 3. ``split``: a few-shot supernet split on the norm, its two parts trained one after the other (2 steps each).
 
 A global forward pre-hook notes every training forward of the SuperNet (which architecture, which
@@ -33,7 +34,8 @@ from llmnas.train import TrainConfig, make_accelerator
 
 SCENARIOS: dict[str, tuple[SupernetConfig, int]] = {
     "sandwich": (SupernetConfig(largest=True, smallest=True, random_subnets=2, distill=0.5, pool_size=200), 3),
-    "no-largest": (SupernetConfig(largest=False, smallest=True, random_subnets=1, pool_size=200, seed=1), 2),
+    "no-largest": (SupernetConfig(largest=False, smallest=True, random_subnets=1, pool_size=200, seed=1,
+                                  unshare=("n_heads", "activation")), 2),
 }
 #: then a few-shot supernet split on the norm: one part per value, trained one after the other (2 steps each)
 SPLIT = (SupernetConfig(largest=False, smallest=False, random_subnets=1, pool_size=200, split="norm", seed=2), 2)
