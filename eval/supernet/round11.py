@@ -106,6 +106,82 @@ def run_fresh(key: str, threads: int) -> dict:
             "grad_norm": stats(test, "grad_norm")}
 
 
+#: the searches whose retrained winners --winners compares: U0's (the recipe before this round) and U1's
+SEARCHES = {"U0": RESULTS / "supernet-retrain.json", "U1": RESULTS / "unshared" / "supernet-retrain.json"}
+
+
+def from_short(space, short: str):
+    """A dense architecture back from its ``Architecture.short()`` text (the retrain records written before
+    they kept the architecture); the caller checks the id."""
+    import re
+
+    head, layers = short.split(": ", 1)
+    d, pos, norm = re.fullmatch(r"d(\d+) (\w+)/(\w+)", head).groups()
+    blocks = []
+    for count, body in re.findall(r"(?:(\d+)x)?\[([^\]]+)\]", layers):
+        blocks += [body] * int(count or 1)
+    params = {"d_model": int(d), "n_layers": len(blocks), "pos": pos, "norm": norm, "tie_embeddings": True}
+    for i, body in enumerate(blocks):
+        m = re.fullmatch(r"h(\d+)/kv(\d+)(?: w(\d+))? (\w+):(\d+)", body)
+        h, kv, window, activation, hidden = m.groups()
+        params |= {f"L{i:02d}.n_heads": int(h), f"L{i:02d}.kv_ratio": int(h) // int(kv),
+                   f"L{i:02d}.head_dim": "auto", f"L{i:02d}.attention": "sliding" if window else "full",
+                   f"L{i:02d}.activation": activation, f"L{i:02d}.ffn": "dense",
+                   f"L{i:02d}.ffn_mult": int(hidden) / int(d)}
+        if window:
+            params[f"L{i:02d}.window"] = int(window)
+    return space.decode(params)
+
+
+def winners(threads: int) -> dict:
+    """A diagnostic after the round: each search's retrained winners, scored with inherited weights by U0's and
+    U1's supernets (whole holdout, as the fidelity sets are) and trained 600 steps from scratch as the truth is
+    (the recipe's schedule over 600 steps, the holdout as validation). Results: ``results/round11/winners.json``."""
+    import json
+
+    import torch
+    from accelerate import Accelerator
+
+    from eval.supernet import budget, run
+    from llmnas.data import prepare_data
+    from llmnas.recipe import load_recipe
+    from llmnas.search.engine import prepare_space
+    from llmnas.space.arch import Architecture
+    from llmnas.supernet import evaluate_subnet, load_supernet
+    from llmnas.train import train
+
+    torch.set_num_threads(threads)
+    path = OUT / "winners.json"
+    done = json.loads(path.read_text()) if path.exists() else {}
+    recipe = load_recipe(run.RECIPE, [f"data.source={run.DATA}"])
+    data = prepare_data(recipe.data)
+    nets = {}
+    for key in ("U0", "U1"):
+        sets = dict(a.split("=", 1) for a in budget.overrides(CANDIDATES[key])[1::2])
+        nets[key] = load_supernet(REPO / sets["supernet.out"]).net
+    space = prepare_space(recipe, data)
+    cfg = recipe.train.replace(max_steps=600, lr_decay_steps=None, eval_interval=None)
+    acc = Accelerator(cpu=True)
+    for search, record in SEARCHES.items():
+        rows = json.loads(record.read_text())["retrain"]
+        for k, r in enumerate(rows):
+            if r["arch_id"] in done:
+                continue
+            # results/supernet-retrain.json keeps the second round's recipe's winners before U0's three
+            label = search if k >= len(rows) - 3 else "uniform600x8 (an earlier recipe)"
+            arch = Architecture.from_dict(r["arch"]) if "arch" in r else from_short(space, r["short"])
+            assert arch.id == r["arch_id"], (arch.short(), r["short"])
+            row = {"search": label, "short": r["short"], "params": r["params"],
+                   "retrained": [x["val_loss"] for x in r["runs"]]}
+            for key, net in nets.items():
+                row[f"inherited_{key}"] = evaluate_subnet(net, arch, data, recipe.train, acc, whole_split=True).val_loss
+            row["scratch600"] = train(arch, data, cfg, acc)[1].val_loss
+            done[r["arch_id"]] = row
+            print(f"{search} {r['arch_id']} {r['short']}: {row}", flush=True)
+            path.write_text(json.dumps(done, indent=1) + "\n")
+    return done
+
+
 def report(results: dict, chosen: str | None, fresh: dict | None) -> str:
     from eval.supernet.budget import UNSHARE, cell
 
@@ -122,6 +198,20 @@ def report(results: dict, chosen: str | None, fresh: dict | None) -> str:
         mark = " **(chosen)**" if key == chosen else ""
         lines.append(f"| {key}{mark} | {unshare} | {e['weights']:,} | {e['cost']:.1f} ({600 / e['cost']:.1f}x less) | "
                      + " | ".join(cell(e["sets"][s]) for s in SETS) + f" | **{e['mean_tau']:.3f}** |")
+    if (OUT / "winners.json").exists():
+        import json
+        import statistics
+
+        lines += ["", "## After the round: each search's retrained winners (`round11.py --winners`, a diagnostic)", "",
+                  "Each search's top 3 retrained for 2,000 steps (3 seeds, nanoGPT's validation split), scored with "
+                  "inherited weights by both supernets, and trained 600 steps from scratch as the fidelity truth is "
+                  "(one seed, the holdout). Lower is better everywhere.", "",
+                  "| search | architecture | params | U0 inherited | U1 inherited | 600 steps from scratch | "
+                  "2,000 steps (mean of 3) |", "|---|---|---:|---:|---:|---:|---:|"]
+        for row in json.loads((OUT / "winners.json").read_text()).values():
+            lines.append(f"| {row['search']} | {row['short']} | {row['params']:,} | {row['inherited_U0']:.4f} | "
+                         f"{row['inherited_U1']:.4f} | {row['scratch600']:.4f} | "
+                         f"{statistics.mean(row['retrained']):.4f} |")
     if fresh is not None:
         from eval.supernet.round7 import fresh_table
 
@@ -137,7 +227,12 @@ def main() -> int:
     p.add_argument("--score", action="store_true", help="score every candidate on every labelled set first")
     p.add_argument("--only", default=",".join(CANDIDATES), help="with --score: these candidates (comma-separated)")
     p.add_argument("--fresh", action="store_true", help="the winner on the fifth fresh set (once)")
+    p.add_argument("--winners", action="store_true",
+                   help="after the round: both searches' retrained winners, scored by both supernets and trained "
+                        "600 steps from scratch")
     args = p.parse_args()
+    if args.winners:
+        winners(args.threads)
     if args.score:
         for key in args.only.split(","):
             for name, (seed, truth) in SETS.items():

@@ -259,8 +259,8 @@ def stage_retrain(recipe_args: list[str], results: dict, top: int, seeds: int) -
         if arch.id in done:
             continue
         print(f"retrain trial {t.number} ({arch.short()}), supernet loss {t.values[0]:.4f}", flush=True)
-        done[arch.id] = {"trial": t.number, "arch_id": arch.id, "short": arch.short(),
-                         "params": arch.param_counts().total, "supernet_loss": t.values[0],
+        done[arch.id] = {"trial": t.number, "arch_id": arch.id, "arch": json.loads(arch.to_json()),
+                         "short": arch.short(), "params": arch.param_counts().total, "supernet_loss": t.values[0],
                          "inherited_loss": t.user_attrs.get("inherited_val_loss", t.values[0]),
                          "runs": _shakespeare_protocol()(arch, recipe, data, (1337, 1338, 1339)[:seeds])}
         results["retrain"] = list(done.values())
@@ -285,7 +285,7 @@ def stage_speed(recipe, results: dict, repeats: int) -> None:
 
     data = prepare_data(recipe.data)
     space = prepare_space(recipe, data)
-    net = SuperNet(space)
+    net = SuperNet(space, unshare=recipe.supernet.unshare)  # the recipe's weight sharing
     plan = SandwichPlan(space, SupernetConfig(random_subnets=2))
     B, T = recipe.train.batch_size, recipe.data.block_size
     gen = torch.Generator().manual_seed(0)
