@@ -115,6 +115,11 @@ class SearchConfig:
     trial and ranks architectures closer to training from scratch (``eval/supernet``)."""
     finetune_lr: float | None = None
     """Peak learning rate of ``finetune_steps`` (default: ``train.lr``)."""
+    whole_split: bool = False
+    """With ``evaluator: supernet``: score the inherited weights on the whole validation split (with
+    ``data.holdout``, the holdout) instead of ``train.eval_blocks`` windows, as the fidelity benchmarks do. Forward
+    passes only, but several times the windows: a long search on a few hundred windows favours architectures
+    that happen to fit those windows (the winner's curse). Part of the study's set-up."""
     calibration: Calibration | None = None
     """With ``evaluator: supernet``: a linear calibration of the supernet's loss against training from scratch
     (:mod:`llmnas.supernet.calibration`; a mapping ``intercept``, ``inherited``, ``per_layer``, ``offsets``).
@@ -545,6 +550,13 @@ def _check_finetune(cfg: SearchConfig, source: str) -> None:
         raise RecipeError(
             f"{source}: search.finetune_steps / finetune_lr: only read with search.evaluator: supernet (the evaluator "
             f"is {cfg.evaluator!r})"
+        )
+    if not isinstance(cfg.whole_split, bool):
+        raise RecipeError(f"{source}: search.whole_split={cfg.whole_split!r}: must be true or false")
+    if cfg.whole_split and cfg.evaluator != "supernet":
+        raise RecipeError(
+            f"{source}: search.whole_split: only read with search.evaluator: supernet (the evaluator is "
+            f"{cfg.evaluator!r}); remove it or set search.evaluator=supernet"
         )
     if cfg.calibration is not None and cfg.evaluator != "supernet":
         raise RecipeError(

@@ -219,6 +219,9 @@ class SupernetEvaluator:
             self.calibration.check(self.net.space.choices(), f"{recipe.source}: search.calibration")
         # what changes the trials' values: part of the study's set-up, recorded by every trial
         self.options = dict(self.finetune)
+        self.whole_split = recipe.search.whole_split and not self.finetune  # fine-tuning scores the whole split
+        if self.whole_split:
+            self.options["whole_split"] = True
         if self.calibration is not None:
             self.options["calibration"] = self.calibration.to_dict()
 
@@ -255,7 +258,8 @@ class SupernetEvaluator:
         if self.finetune:
             return self._finetune_subnet(self.net, arch, self.data, self.recipe.train, self.accelerator,
                                          self.finetune["finetune_steps"], self.finetune["finetune_lr"])
-        return self._evaluate_subnet(self.net, arch, self.data, self.recipe.train, self.accelerator)
+        return self._evaluate_subnet(self.net, arch, self.data, self.recipe.train, self.accelerator,
+                                     whole_split=self.whole_split)
 
 
 # ---------------------------------------------------------------------- choosing and reading back

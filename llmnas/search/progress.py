@@ -104,6 +104,7 @@ def print_header(recipe: Recipe, space: TransformerSpace, data: TokenData, study
                "proxy": f"evaluator proxy {e.get('proxy')}, no training",
                "supernet": f"evaluator supernet {e.get('supernet_path')} (weights {e.get('supernet_id')}), "
                            + (f"{e['finetune_steps']} fine-tuning steps" if e.get("finetune_steps") else "no training")
+                           + (", scored on the whole validation split" if e.get("whole_split") else "")
                            + (", val_loss calibrated (search.calibration)" if e.get("calibration") else ""),
                }[e["evaluator"]]
     print(f"study {recipe.study!r}: {len(finished(study))} of {n_trials} trials done; "

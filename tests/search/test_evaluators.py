@@ -207,6 +207,38 @@ def test_supernet_evaluator_fine_tunes_a_copy_of_the_inherited_weights(tmp_path,
     after = checkpoint.net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the supernet itself is untouched
 
+def test_supernet_evaluator_scores_on_the_whole_split(tmp_path, monkeypatch, capsys) -> None:
+    """search.whole_split: every trial is scored on the whole validation split, not train.eval_blocks windows,
+    and the setting is part of the study's set-up."""
+    from llmnas.supernet import evaluate_subnet, load_supernet
+    from llmnas.train import make_accelerator
+
+    monkeypatch.setenv("LLMNAS_CACHE", str(tmp_path / "llmnas-cache"))
+    raw = make_recipe(tmp_path, evaluator="supernet", n_trials=3, whole_split=True)
+    raw["supernet"] = {"train": {"max_steps": 2}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["supernet", "train", str(path)]) == 0
+    assert main(["search", str(path)]) == 0
+    assert "scored on the whole validation split" in capsys.readouterr().out
+    study = load_study(tmp_path / "runs" / "t")
+    recipe = recipe_from_dict(raw)
+    checkpoint = load_supernet(tmp_path / "runs" / "t" / "supernet")
+    data = prepare_data(recipe.data)
+    acc = make_accelerator(recipe.train)
+    assert study.user_attrs["setup"]["evaluator"] == {"kind": "supernet", "supernet_id": checkpoint.id,
+                                                      "whole_split": True}
+    for t in study.trials:
+        whole = evaluate_subnet(checkpoint.net, trial_arch(t), data, recipe.train, acc, whole_split=True)
+        windows = evaluate_subnet(checkpoint.net, trial_arch(t), data, recipe.train, acc)
+        assert whole.windows > windows.windows == recipe.train.eval_blocks
+        assert t.user_attrs["windows"] == whole.windows and t.values == [pytest.approx(whole.val_loss)]
+        assert whole.val_loss != pytest.approx(windows.val_loss)
+    # scored on the windows instead, the study is another evaluator's: not resumed
+    assert main(["search", str(path), "--n-trials", "4", "--set", "search.whole_split=false"]) == 2
+    assert "was started with a different evaluator" in capsys.readouterr().err
+
+
 def test_supernet_evaluator_calibrates_the_inherited_loss(tmp_path, monkeypatch, capsys) -> None:
     """search.calibration: each trial's val_loss (and its bits) is the calibrated prediction, the supernet's own
     loss is kept as inherited_val_loss, and the calibration is part of the study's set-up."""
@@ -333,6 +365,8 @@ def test_evaluator_keys_are_checked_with_the_recipe(tmp_path) -> None:
     assert "is a file" in error(evaluator="supernet", supernet=str(tmp_path / "space.yaml"))
     assert "the first objective must be val_loss or bits_per_byte" in error(objectives=["neg_synflow"])
     assert "only read with search.evaluator: supernet" in error(finetune_steps=10)
+    assert "search.whole_split: only read with search.evaluator: supernet" in error(whole_split=True)
+    assert "search.whole_split='yes': must be true or false" in error(evaluator="supernet", whole_split="yes")
     assert "search.finetune_steps=-1: must be a non-negative integer" in error(evaluator="supernet", finetune_steps=-1)
     assert "search.finetune_lr=-0.1: must be a positive number" in error(evaluator="supernet", finetune_lr=-0.1)
     calibration = {"intercept": 0.0, "inherited": 1.0}
