@@ -49,12 +49,16 @@ def scores_folder(key: str, name: str) -> Path:
 
 def score(key: str, name: str, seed: str, truth: Path, threads: int) -> None:
     """The candidate's inherited-weight fidelity on one set, unless its scores are there."""
+    score_variant(CANDIDATES[key], scores_folder(key, name), seed, truth, threads)
+
+
+def score_variant(variant: str, folder: Path, seed: str, truth: Path, threads: int) -> None:
+    """The fidelity stage of a budget.py variant's supernet on one set into ``folder``, unless it is there."""
     from eval.supernet import budget, run
 
-    folder = scores_folder(key, name)
     if not (folder / "supernet-fidelity.json").exists():
         run.main(["--stages", "fidelity", "--threads", str(threads), "--arch-seed", seed, "--truth", str(truth),
-                  "--out", str(folder), *budget.overrides(CANDIDATES[key])])
+                  "--out", str(folder), *budget.overrides(variant)])
 
 
 def fit(train: list[dict]):

@@ -48,12 +48,9 @@ def scores_folder(key: str, name: str) -> Path:
 
 def score(key: str, name: str, seed: str, truth: Path, threads: int) -> None:
     """The candidate's inherited-weight fidelity on one set, unless its scores are there."""
-    from eval.supernet import budget, run
+    from eval.supernet.round10 import score_variant
 
-    folder = scores_folder(key, name)
-    if not (folder / "supernet-fidelity.json").exists():
-        run.main(["--stages", "fidelity", "--threads", str(threads), "--arch-seed", seed, "--truth", str(truth),
-                  "--out", str(folder), *budget.overrides(CANDIDATES[key])])
+    score_variant(CANDIDATES[key], scores_folder(key, name), seed, truth, threads)
 
 
 def evaluate(key: str) -> dict | None:
@@ -107,7 +104,9 @@ def run_fresh(key: str, threads: int) -> dict:
 
 
 #: the searches whose retrained winners --winners compares: U0's (the recipe before this round) and U1's
-SEARCHES = {"U0": RESULTS / "supernet-retrain.json", "U1": RESULTS / "unshared" / "supernet-retrain.json"}
+#: and U1's scored on the whole holdout (search.whole_split, after the round)
+SEARCHES = {"U0": RESULTS / "supernet-retrain.json", "U1": RESULTS / "unshared" / "supernet-retrain.json",
+            "U1, whole split": RESULTS / "unshared_whole" / "supernet-retrain.json"}
 
 
 def from_short(space, short: str):
@@ -163,6 +162,8 @@ def winners(threads: int) -> dict:
     cfg = recipe.train.replace(max_steps=600, lr_decay_steps=None, eval_interval=None)
     acc = Accelerator(cpu=True)
     for search, record in SEARCHES.items():
+        if not record.exists():
+            continue
         rows = json.loads(record.read_text())["retrain"]
         for k, r in enumerate(rows):
             if r["arch_id"] in done:
