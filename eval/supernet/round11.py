@@ -16,6 +16,7 @@ and of the fifth in ``results/round11/<candidate>/<set>/``.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def evaluate(key: str) -> dict | None:
             "cost": budget.subnet_steps(CANDIDATES[key]) / 1000}
 
 
+@functools.cache
 def weights(key: str) -> int:
     """The candidate's supernet weights (one part of the split: every part has as many)."""
     from eval.supernet import budget

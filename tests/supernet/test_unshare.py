@@ -7,14 +7,18 @@ unshared attention decisions, head count first), and every check compares the su
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from llmnas.errors import RecipeError
+from llmnas.export.checkpoint import CheckpointError
 from llmnas.space import Architecture, load_space
+from llmnas.space.arch import MoEFFN
 from llmnas.supernet import SuperNet, SupernetConfig, evaluate_subnet
-from llmnas.supernet.checkpoint import load_supernet, read_meta
+from llmnas.supernet.checkpoint import META, load_supernet, read_meta
 from llmnas.supernet.train import run_record, train_supernet
 from llmnas.train import make_accelerator
 from tests.supernet.test_train import POOL, quick  # noqa: F401  (the module fixture)
@@ -43,7 +47,7 @@ def archs(space, n: int) -> list[Architecture]:
 
 
 @pytest.mark.parametrize("space_name,unshare", [("tiny", ALL), ("tiny_char", ("n_heads", "activation")),
-                                                ("tiny", ("n_heads",))])
+                                                ("tiny", ("n_heads",)), ("moe", ("n_heads", "activation"))])
 def test_each_value_takes_its_own_weights_and_extract_matches_forward(space_name, unshare) -> None:
     space = load_space(space_name)
     torch.manual_seed(0)
@@ -63,6 +67,9 @@ def test_each_value_takes_its_own_weights_and_extract_matches_forward(space_name
             assert torch.equal(model.layers[i].attn.q.weight, L.q[j, :q, :d])
             assert torch.equal(model.layers[i].attn.k.weight, L.k[j, :kv, :d])
             assert torch.equal(model.layers[i].attn.v.weight, L.v[:kv, :d])  # values stay shared
+            if isinstance(b.ffn, MoEFFN):  # a MoE layer's experts stay shared
+                assert torch.equal(model.layers[i].ffn.down, L.expert_down[:b.ffn.n_experts, :d, :b.ffn.expert_hidden])
+                continue
             h = b.ffn.hidden
             up, down = (L.up[acts.index(b.ffn.activation)], L.down[acts.index(b.ffn.activation)]) \
                 if "activation" in unshare else (L.up, L.down)
@@ -128,3 +135,10 @@ def test_an_unshared_supernet_trains_checkpoints_and_loads_with_its_weights(quic
     with pytest.raises(RecipeError, match="unshare"):
         train_supernet(space, data, SupernetConfig(pool_size=POOL), cfg, make_accelerator(cfg), out)
     assert "unshare" not in run_record(space, SupernetConfig(pool_size=POOL), cfg, data)["supernet"]
+    # a checkpoint whose record names a decision no supernet can unshare is refused as corrupted, naming the file
+    meta_path = done.path / META
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["unshare"] = ["kv_ratio"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"supernet.json.*'kv_ratio' is not one of n_heads, attention"):
+        load_supernet(out)
