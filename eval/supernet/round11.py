@@ -185,6 +185,20 @@ def winners(threads: int) -> dict:
     return done
 
 
+def all_sets(chosen: str) -> dict[str, tuple[float, dict]]:
+    """U0's and the winner's inherited loss over the six labelled sets and the fresh one: the mean per-set tau and
+    the tau / rho pooled over all their architectures."""
+    from eval.supernet.round7 import stats
+    from eval.supernet.round9 import rows
+
+    out = {}
+    for key in dict.fromkeys(("U0", chosen)):
+        sets = [rows(scores_folder(key, s)) for s in (*SETS, FRESH[0])]
+        mean = sum(stats(r, "inherited")["kendall_tau"] for r in sets) / len(sets)
+        out[key] = (mean, stats([r for rs in sets for r in rs], "inherited"))
+    return out
+
+
 def report(results: dict, chosen: str | None, fresh: dict | None) -> str:
     from eval.supernet.budget import UNSHARE, cell
 
@@ -220,6 +234,10 @@ def report(results: dict, chosen: str | None, fresh: dict | None) -> str:
 
         lines += fresh_table(fresh, "fifth", FRESH[1], f"{fresh['candidate']}, inherited loss",
                              "U0, the recipe's supernet as it was (for the record)")
+        lines += ["", "All seven sets (the six labelled and the fresh one), for the record: the mean per-set tau, "
+                  "and Kendall tau / Spearman rho pooled over the 210 architectures.", "",
+                  "| candidate | mean tau over 7 sets | pooled over 210 |", "|---|---:|---:|"]
+        lines += [f"| {key} | {m:.3f} | {cell(pooled)} |" for key, (m, pooled) in all_sets(fresh["candidate"]).items()]
     lines += ["", "Machine: a 2-core x86_64 container, CPU only, one torch thread per run.", ""]
     return "\n".join(lines)
 
